@@ -1,0 +1,27 @@
+"""skipdsl: describe UNet-family networks as a grid of nodes and skip edges, compile them.
+
+    >>> import skipdsl
+    >>> model = skipdsl.compile("unetsharp", dims=3, widths=[4, 8, 16, 32, 64])
+"""
+from .compiler import compile, main_logits, prune
+from .errors import DataError, SpecError
+from .graph import build_graph, canonical_hash
+from .spec import Spec, list_models, load, loads
+
+__version__ = "0.1.0"
+
+
+def graph(spec):
+    """The validated networkx DAG of a spec (zoo name, path or ``Spec``)."""
+    return build_graph(spec)
+
+
+def spec_hash(spec) -> str:
+    """Canonical hash of a spec's network: same topology and settings, same hash."""
+    s = load(spec)
+    heads = [f"{h.node}:{h.kernel}:{h.match}" for h in s.heads]
+    return canonical_hash(build_graph(s), heads)
+
+
+__all__ = ["compile", "prune", "main_logits", "load", "loads", "graph", "spec_hash",
+           "list_models", "Spec", "SpecError", "DataError", "build_graph", "canonical_hash"]

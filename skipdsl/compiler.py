@@ -1,0 +1,288 @@
+"""Stage 3: a validated DAG -> a ``torch.fx.GraphModule`` with readable generated code.
+
+The module's children are named by node id: ``x_2_1`` is the block of X[2,1],
+``edges.x_4_0__x_0_4`` holds an edge's learnable parts (projection, strided/transposed conv),
+``heads.x_0_4`` a head and ``cgm.x_4_0`` a classification-guided module. ``model.code`` shows
+the generated forward, one line per operation, and tracebacks point into it.
+
+A stateless resampling (pooling, interpolation) that several edges need is emitted once.
+"""
+from __future__ import annotations
+
+import operator
+from pathlib import Path
+from typing import Any, Iterable
+
+import networkx as nx
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from .errors import SpecError
+from .graph import INPUT, build_graph, topo_order
+from .heads import CGMS, CGMGate, head_conv
+from .layers import (BLOCKS, ConvNormAct, avg_pool_fn, conv_cls, conv_transpose_cls, init_he,
+                     linear_mode, max_pool_fn)
+from .spec import Head, Spec, load
+
+
+def check_input(x: torch.Tensor, multiple: int, channels: int, name: str) -> torch.Tensor:
+    """Raise a clear error for inputs the network cannot take; returns ``x`` unchanged."""
+    spatial = tuple(x.shape[2:])
+    if x.dim() != 2 + len(spatial) or x.shape[1] != channels:
+        raise SpecError(f"model '{name}' expects {channels} input channels",
+                        expected=f"(batch, {channels}, *spatial)", found=tuple(x.shape),
+                        hint="set in_channels when compiling, or convert the images")
+    bad = [s for s in spatial if s % multiple]
+    if bad:
+        ok = [((s + multiple - 1) // multiple) * multiple for s in spatial]
+        raise SpecError(f"model '{name}': input size {spatial} is not divisible by {multiple} "
+                        f"(2^(depth-1))", expected=f"multiples of {multiple}", found=spatial,
+                        hint=f"pad or resize the input, e.g. to {tuple(ok)}")
+    return x
+
+
+class _EdgeOps(nn.Module):
+    """An edge's learnable parts: ``resample`` (strided/transposed conv) and ``project``."""
+
+
+def _interp_kwargs(op: str, factor: float, align: bool, dims: int) -> dict[str, Any]:
+    mode = linear_mode(dims) if op == "bilinear" else "nearest"
+    kw: dict[str, Any] = {"scale_factor": float(factor), "mode": mode}
+    if mode != "nearest":
+        kw["align_corners"] = align
+    return kw
+
+
+def _active_heads(spec: Spec, deep_supervision: bool) -> list[Head]:
+    main = spec.main_head
+    return [main] + ([h for h in spec.heads if h is not main] if deep_supervision else [])
+
+
+def _cgm_key(h: Head) -> str:
+    return h.cgm_from or h.node
+
+
+def _build_modules(spec: Spec, dag: nx.DiGraph, heads: list[Head], use_cgm: bool) -> nn.Module:
+    dims = spec.dims
+    root = nn.Module()
+    for n in topo_order(dag):
+        if n == INPUT:
+            continue
+        d = dag.nodes[n]
+        kw = {k: v for k, v in d["block"].items() if k != "type"}
+        try:
+            block = BLOCKS.get(d["block"]["type"])(d["in_channels"], d["width"], dims=dims, **kw)
+        except (TypeError, ValueError) as e:
+            raise SpecError(f"block '{d['block']['type']}' could not be built: {e}",
+                            file=spec.source, node=n) from None
+        root.add_module(n, block)
+    edges = nn.ModuleDict()
+    for u, v, d in dag.edges(data=True):
+        ops = _EdgeOps()
+        c = d["src_channels"]
+        k = int(round(max(d["factor"], 1 / d["factor"])))
+        if d["op"] == "conv":
+            ops.resample = conv_cls(dims)(c, c, k, stride=k)
+        elif d["op"] == "transposed":
+            ops.resample = conv_transpose_cls(dims)(c, c, k, stride=k)
+        if d["project"]:
+            p = d["project"]
+            blk = dag.nodes[v]["block"]
+            ops.project = ConvNormAct(c, p["channels"], dims=dims, kernel=p["kernel"],
+                                      norm=p["norm"] or blk["norm"], act=p["act"] or blk["act"],
+                                      bias=blk["bias"])
+        if len(ops._modules):
+            edges[f"{u}__{v}"] = ops
+    if len(edges):
+        root.edges = edges
+    root.heads = nn.ModuleDict({
+        h.node: head_conv(dag.nodes[h.node]["width"], spec.num_classes, h.kernel, dims)
+        for h in heads
+    })
+    if use_cgm:
+        cgm = nn.ModuleDict()
+        for h in heads:
+            if h.cgm and _cgm_key(h) not in cgm:
+                src = _cgm_key(h)
+                if src not in dag:
+                    raise SpecError("cgm_from names a node the spec does not have",
+                                    file=spec.source, node=src)
+                cgm[src] = CGMS.get(h.cgm)(dag.nodes[src]["width"], dims)
+        if not len(cgm):
+            raise SpecError("cgm is on but no active head names a CGM variant", file=spec.source,
+                            hint="add 'cgm: unet3p|full|simple' to a head")
+        root.cgm = cgm
+        root.cgm_gate = CGMGate()
+    return root
+
+
+def _emit(spec: Spec, dag: nx.DiGraph, heads: list[Head], use_cgm: bool,
+          as_dict: bool, root: nn.Module) -> fx.Graph:
+    """Write the forward as an fx graph, one named node per operation."""
+    dims = spec.dims
+    graph = fx.Graph()
+    x = graph.placeholder("x")
+    x = graph.call_function(check_input, (x, 2 ** (spec.depth - 1), spec.in_channels, spec.name))
+    values: dict[str, fx.Node] = {INPUT: x}
+    shared: dict[tuple, fx.Node] = {}
+    edge_mods = getattr(root, "edges", nn.Module())
+    needed = set()
+    for h in heads:
+        needed |= nx.ancestors(dag, h.node) | {h.node}
+        if use_cgm and h.cgm:
+            needed |= nx.ancestors(dag, _cgm_key(h)) | {_cgm_key(h)}
+
+    def resample(u: str, v: str, d: dict) -> fx.Node:
+        t = values[u]
+        eid = f"{u}__{v}"
+        if d["op"] == "identity":
+            return t
+        if d["op"] in ("conv", "transposed"):
+            return graph.create_node("call_module", f"edges.{eid}.resample", (t,), name=f"{eid}_rs")
+        key = (u, d["op"], d["factor"], d["align_corners"])
+        if key not in shared:
+            if d["factor"] > 1:
+                kw = _interp_kwargs(d["op"], d["factor"], d["align_corners"], dims)
+                shared[key] = graph.create_node("call_function", F.interpolate, (t,), kw,
+                                                name=f"{u}_up{int(d['factor'])}")
+            else:
+                k = int(round(1 / d["factor"]))
+                fn = max_pool_fn(dims) if d["op"] == "maxpool" else avg_pool_fn(dims)
+                shared[key] = graph.create_node("call_function", fn, (t,),
+                                                {"kernel_size": k, "stride": k},
+                                                name=f"{u}_{d['op']}{k}")
+        return shared[key]
+
+    for v in topo_order(dag):
+        if v == INPUT or v not in needed:
+            continue
+        parts = []
+        for u, _, d in sorted(dag.in_edges(v, data=True), key=lambda e: e[2]["order"]):
+            t = resample(u, v, d)
+            eid = f"{u}__{v}"
+            if hasattr(getattr(edge_mods, eid, None), "project"):
+                t = graph.create_node("call_module", f"edges.{eid}.project", (t,), name=eid)
+            parts.append(t)
+        if len(parts) == 1:
+            agg = parts[0]
+        elif dag.nodes[v]["aggregate"] == "concat":
+            agg = graph.create_node("call_function", torch.cat, (parts,), {"dim": 1},
+                                    name=f"{v}_in")
+        else:
+            agg = parts[0]
+            for p in parts[1:]:
+                agg = graph.create_node("call_function", operator.add, (agg, p), name=f"{v}_in")
+        values[v] = graph.create_node("call_module", v, (agg,), name=v)
+
+    outputs: dict[str, fx.Node] = {}
+    cls: dict[str, fx.Node] = {}
+    for h in heads:
+        t = graph.create_node("call_module", f"heads.{h.node}", (values[h.node],),
+                              name=f"head_{h.node}")
+        level = dag.nodes[h.node]["level"]
+        if h.match == "upsample" and level > 0:
+            t = graph.create_node("call_function", F.interpolate, (t,),
+                                  _interp_kwargs("bilinear", 2**level, True, dims),
+                                  name=f"head_{h.node}_up{2**level}")
+        if use_cgm and h.cgm:
+            src = _cgm_key(h)
+            if src not in cls:
+                cls[src] = graph.create_node("call_module", f"cgm.{src}", (values[src],),
+                                             name=f"cgm_{src}")
+            t = graph.create_node("call_module", "cgm_gate", (t, cls[src]),
+                                  name=f"gated_{h.node}")
+        outputs[h.node] = t
+    if as_dict:
+        result: Any = dict(outputs)
+        result.update({f"cgm:{k}": n for k, n in cls.items()})
+        graph.output(result)
+    else:
+        graph.output(outputs[heads[0].node])
+    graph.lint()
+    return graph
+
+
+def _finish(root: nn.Module, graph: fx.Graph, spec: Spec, dag: nx.DiGraph, heads: list[Head],
+            as_dict: bool, use_cgm: bool) -> fx.GraphModule:
+    gm = fx.GraphModule(root, graph, class_name=spec.name.replace("-", "_") or "SkipNet")
+    gm.spec = spec
+    gm.dag = dag
+    gm.head_ids = [h.node for h in heads]
+    gm.main_head = heads[0].node
+    gm.returns_dict = as_dict
+    gm.uses_cgm = use_cgm
+    return gm
+
+
+def compile(
+    spec: "Spec | str | Path",
+    *,
+    in_channels: int | None = None,
+    num_classes: int | None = None,
+    dims: int | None = None,
+    widths: "list[int] | int | None" = None,
+    deep_supervision: bool | None = None,
+    cgm: bool | None = None,
+) -> fx.GraphModule:
+    """Compile a spec (zoo name, path or ``Spec``) into a PyTorch module.
+
+    ``None`` keeps the spec's value. ``widths`` takes a list (one per level) or an int base
+    (doubling per level). The module returns logits: one tensor from the main head, or, with
+    deep supervision or CGM, a dict from head node id to logits (plus ``'cgm:<node>'`` class
+    logits when CGM is on; main head first).
+    """
+    spec = load(spec).replace(in_channels=in_channels, num_classes=num_classes, dims=dims,
+                              widths=widths, deep_supervision=deep_supervision, cgm=cgm)
+    dag = build_graph(spec)
+    heads = _active_heads(spec, spec.deep_supervision)
+    as_dict = spec.deep_supervision or spec.cgm
+    root = _build_modules(spec, dag, heads, spec.cgm)
+    if spec.init == "he":
+        init_he(root)
+    graph = _emit(spec, dag, heads, spec.cgm, as_dict, root)
+    return _finish(root, graph, spec, dag, heads, as_dict, spec.cgm)
+
+
+def prune(model: fx.GraphModule, level: int, *, deep_supervision: bool = False) -> fx.GraphModule:
+    """The sub-network that feeds head ``x_0_<level>``, sharing the trained weights.
+
+    No copy and no retraining: the returned module holds the same parameter tensors and
+    returns one tensor equal to the full model's ``x_0_<level>`` head (UNet++/UNet# pruning);
+    with ``deep_supervision=True`` it returns the dict of its pruning heads ``x_0_1`` ..
+    ``x_0_<level>`` instead (to train the sub-network alone, 'isolated' training). As in the
+    reference code, the pruned network holds those lower pruning heads in both cases, so its
+    parameter count includes them. The full model must have the heads, i.e. be compiled with
+    ``deep_supervision=True`` (or have its main head on ``x_0_<level>``).
+    """
+    spec, dag = model.spec, model.dag
+    node = f"x_0_{level}"
+    if node not in dag:
+        raise SpecError(f"cannot prune to level {level}: the model has no node {node}",
+                        node=node, hint=f"levels 1..{spec.depth - 1} exist on a full triangle")
+    if node not in model.head_ids:
+        raise SpecError(f"cannot prune to level {level}: the model has no head on {node}",
+                        node=node, hint="compile with deep_supervision=True (the heads on "
+                        "x_0_1..x_0_k are the pruning heads)")
+    keep = nx.ancestors(dag, node) | {node}
+    by_node = {h.node: h for h in spec.heads}
+    lower = [by_node[n] for n in model.head_ids
+             if n != node and n in keep and dag.nodes[n]["level"] == 0]
+    lower.sort(key=lambda h: dag.nodes[h.node]["column"])
+    heads = [by_node[node]] + lower
+    use_cgm = model.uses_cgm and any(h.cgm for h in heads)
+    graph = _emit(spec, dag, heads if deep_supervision else heads[:1], use_cgm,
+                  deep_supervision or use_cgm, model)
+    gm = _finish(model, graph, spec, dag.subgraph(keep).copy(), heads,
+                 deep_supervision or use_cgm, use_cgm)
+    for h in lower:  # held (and counted) even when forward does not use them
+        if not hasattr(gm.heads, h.node):
+            gm.heads.add_module(h.node, getattr(model.heads, h.node))
+    return gm
+
+
+def main_logits(model: nn.Module, out: Any) -> torch.Tensor:
+    """The main head's logits from a model output (tensor or deep-supervision dict)."""
+    if isinstance(out, dict):
+        return out[getattr(model, "main_head", next(iter(out)))]
+    return out

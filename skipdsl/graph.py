@@ -1,0 +1,260 @@
+"""Stage 2: a checked ``Spec`` -> a validated ``networkx.DiGraph``.
+
+Nodes are ``'input'`` and ``x_i_j``; edges carry their kind, scale factor, resampling and
+projection. Channels and scales are derived here, once: the compiler, the CLI table and the
+picture all read this graph.
+
+Node attributes: ``level, column, kind ('input'|'encoder'|'decoder'), in_channels, width,
+aggregate, block (dict), scale (2**level)``. Edge attributes: ``kind, factor`` (> 1 upsamples,
+< 1 downsamples, 1 keeps), ``op`` (identity | maxpool | avgpool | conv | bilinear | nearest |
+transposed), ``align_corners``, ``project`` (dict or None), ``src_channels``, ``channels``
+(what the edge delivers), ``order`` (concatenation position).
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Iterable
+
+import networkx as nx
+
+from .errors import SpecError, did_you_mean
+from .layers import ACTS, BLOCKS, NORMS
+from .spec import Edge, EdgeRule, Head, Resample, Spec, load, node_id, parse_node
+
+INPUT = "input"
+
+
+def _node_set(spec: Spec) -> list[tuple[int, int]]:
+    d = spec.depth
+    if spec.nodes == "triangle":
+        return [(i, j) for i in range(d) for j in range(d - i)]
+    if spec.nodes == "diagonal":
+        return [(i, 0) for i in range(d)] + [(i, d - 1 - i) for i in range(d - 1)]
+    out = []
+    for n in spec.nodes:
+        i, j = _parse_in_grid(spec, n, where="nodes")
+        out.append((i, j))
+    have = set(out)
+    missing = [node_id(i, 0) for i in range(d) if (i, 0) not in have]
+    if missing:
+        raise SpecError(f"the encoder nodes {', '.join(missing)} are missing from 'nodes'",
+                        file=spec.source, hint="every level needs its encoder node x_<i>_0")
+    return sorted(have, key=lambda t: (t[1], t[0]))
+
+
+def _parse_in_grid(spec: Spec, name: str, *, where: str) -> tuple[int, int]:
+    try:
+        i, j = parse_node(name)
+    except SpecError as e:
+        raise e.located(spec.source) from None
+    d = spec.depth
+    if not (0 <= i < d and 0 <= j < d - i):
+        raise SpecError(f"{where}: node {name} is outside the grid of depth {d}", file=spec.source,
+                        node=name, expected=f"x_i_j with i < {d} and i + j <= {d - 1}", found=name)
+    return i, j
+
+
+def _rule_sources(rule: str, i: int, j: int, nodes: set, depth: int, min_k: int | None,
+                  max_k: int | None) -> list[tuple[int, int]]:
+    """Sources that a rule connects into decoder node (i, j)."""
+    lo = lambda default: default if min_k is None else max(default, min_k)  # noqa: E731
+    hi = lambda default: default if max_k is None else min(default, max_k)  # noqa: E731
+    if rule == "dense":
+        cand = [(i, c) for c in range(j)]
+    elif rule == "skip":
+        cand = [(i, 0)]
+    elif rule == "up":
+        cand = [(i + 1, j - 1)]
+    elif rule == "fullscale_up":
+        cand = [(i + k, j - k) for k in range(lo(2), hi(j) + 1)]
+    elif rule == "fullscale_down":
+        cand = [(i - k, 0) for k in range(lo(1), hi(i) + 1)]
+    elif rule == "deeper":  # every deeper decoder node, and the bottom node
+        cand = [(a, b) for (a, b) in nodes if a > i and b < j and (b > 0 or a == depth - 1)
+                and lo(1) <= a - i <= hi(depth)]
+    else:  # pragma: no cover - rule names are checked by the schema
+        raise AssertionError(rule)
+    return [c for c in cand if c in nodes]
+
+
+def _merged_block(spec: Spec, name: str, kind: str) -> dict[str, Any]:
+    block = spec.defaults.block.model_dump()
+    part = spec.encoder if kind == "encoder" else spec.decoder
+    for cfg in (part, spec.node_overrides.get(name)):
+        if cfg is not None and cfg.block:
+            unknown = set(cfg.block) - set(block)
+            if unknown:
+                k = sorted(unknown)[0]
+                raise SpecError(f"unknown block key '{k}'", file=spec.source, node=name,
+                                hint=did_you_mean(k, block))
+            block.update(cfg.block)
+    return block
+
+
+def _node_setting(spec: Spec, name: str, kind: str, key: str):
+    for cfg in (spec.node_overrides.get(name), spec.encoder if kind == "encoder" else spec.decoder):
+        if cfg is not None and getattr(cfg, key) is not None:
+            return getattr(cfg, key)
+    return None
+
+
+def build_graph(spec: "Spec | str") -> nx.DiGraph:
+    """Expand a spec into its DAG and validate it (raises ``SpecError``)."""
+    spec = load(spec)
+    src = spec.source
+    depth, widths = spec.depth, spec.widths
+    pos = _node_set(spec)
+    nodes = set(pos)
+    g = nx.DiGraph(name=spec.name, dims=spec.dims, depth=depth, in_channels=spec.in_channels,
+                   num_classes=spec.num_classes, source=src)
+    g.add_node(INPUT, level=0, column=-1, kind="input", width=spec.in_channels,
+               in_channels=spec.in_channels, scale=1)
+    for name in spec.node_overrides:
+        i, j = _parse_in_grid(spec, name, where="node_overrides")
+        if (i, j) not in nodes:
+            raise SpecError("node_overrides names a node that the spec does not have",
+                            file=src, node=name, hint=f"nodes are: {spec.nodes}")
+    for i, j in pos:
+        name = node_id(i, j)
+        kind = "encoder" if j == 0 else "decoder"
+        block = _merged_block(spec, name, kind)
+        for reg, key in ((BLOCKS, "type"), (NORMS, "norm"), (ACTS, "act")):
+            if block[key] not in reg:
+                raise SpecError(f"unknown {reg.kind} '{block[key]}'", file=src, node=name,
+                                hint=did_you_mean(block[key], reg))
+        g.add_node(name, level=i, column=j, kind=kind, block=block, scale=2**i,
+                   aggregate=_node_setting(spec, name, kind, "aggregate") or spec.defaults.aggregate,
+                   width_cfg=_node_setting(spec, name, kind, "width") or widths[i])
+
+    default_rs = spec.defaults.resample
+
+    def add_edge(a: tuple[int, int] | str, b: tuple[int, int], kind: str, rs: Resample | None,
+                 project, scale: float | None = None) -> None:
+        u = a if isinstance(a, str) else node_id(*a)
+        v = node_id(*b)
+        if g.has_edge(u, v):
+            return  # two rules gave the same edge: keep the first
+        if u == v:
+            raise SpecError("an edge from a node to itself", file=src, edge=(u, v),
+                            hint="remove it")
+        li = g.nodes[u]["level"]
+        factor = 2.0 ** (li - b[0])
+        if scale is not None and abs(scale - factor) > 1e-9:
+            raise SpecError("edge scale does not fit the grid", file=src, edge=(u, v),
+                            expected=f"scale {factor:g} (2^(level {li} - level {b[0]}))",
+                            found=f"scale {scale:g}", hint="drop 'scale' or connect other levels")
+        rs = rs or default_rs
+        op = "identity" if factor == 1 else (rs.up if factor > 1 else rs.down)
+        proj = project.model_dump() if project is not None else None
+        g.add_edge(u, v, kind=kind, factor=factor, op=op, align_corners=rs.align_corners,
+                   project=proj)
+
+    add_edge(INPUT, (0, 0), "input", None, None)
+    for i in range(1, depth):
+        add_edge((i - 1, 0), (i, 0), "down", None, None)
+    decoder = [(i, j) for (i, j) in pos if j > 0]
+    for e in spec.edges:
+        if isinstance(e, EdgeRule):
+            targets = decoder
+            if e.to is not None:
+                targets = [_parse_in_grid(spec, t, where=f"rule {e.rule}: to") for t in e.to]
+            for i, j in targets:
+                for s in _rule_sources(e.rule, i, j, nodes, depth, e.min_k, e.max_k):
+                    add_edge(s, (i, j), e.rule, e.resample, e.project)
+        else:
+            a = _parse_in_grid(spec, e.src, where="edge 'from'")
+            b = _parse_in_grid(spec, e.dst, where="edge 'to'")
+            for n, t in ((e.src, a), (e.dst, b)):
+                if t not in nodes:
+                    raise SpecError(f"edge names node {n}, which the spec does not have",
+                                    file=src, edge=(e.src, e.dst),
+                                    hint="add it to 'nodes' or use 'nodes: triangle'")
+            if b[1] == 0:
+                raise SpecError("edges into encoder nodes are fixed (x_<i-1>_0 -> x_<i>_0)",
+                                file=src, edge=(e.src, e.dst), hint="connect to a decoder node")
+            add_edge(a, b, "explicit", e.resample, e.project, e.scale)
+
+    _validate(spec, g)
+    _derive_channels(spec, g)
+    return g
+
+
+def _validate(spec: Spec, g: nx.DiGraph) -> None:
+    src = spec.source
+    try:
+        cycle = nx.find_cycle(g)
+    except nx.NetworkXNoCycle:
+        cycle = None
+    if cycle:
+        path = " -> ".join([cycle[0][0]] + [v for _, v in cycle])
+        raise SpecError(f"the edges form a cycle: {path}", file=src, edge=tuple(cycle[-1][:2]),
+                        hint="remove one of these edges; data must flow from the input to a head")
+    for h in spec.heads:
+        if h.node not in g:
+            _parse_in_grid(spec, h.node, where="heads")
+            raise SpecError("a head sits on a node that the spec does not have", file=src,
+                            node=h.node, hint="put the head on an existing node")
+    reach = nx.descendants(g, INPUT) | {INPUT}
+    for n in g:
+        if n not in reach:
+            raise SpecError("node is unreachable from the input (it has no incoming edge)",
+                            file=src, node=n,
+                            hint="add a rule or an explicit edge into it, or remove the node")
+    heads = {h.node for h in spec.heads}
+    feeds = set(heads)
+    for h in heads:
+        feeds |= nx.ancestors(g, h)
+    for n in g:
+        if n not in feeds:
+            raise SpecError("node does not reach any head (its output would be unused)",
+                            file=src, node=n,
+                            hint="add an edge out of it, a head on it, or remove the node")
+
+
+def _derive_channels(spec: Spec, g: nx.DiGraph) -> None:
+    src = spec.source
+    for n in nx.topological_sort(g):
+        if n == INPUT:
+            continue
+        ins = sorted(g.in_edges(n, data=True),
+                     key=lambda e: (g.nodes[e[0]]["level"], g.nodes[e[0]]["column"]))
+        chans = []
+        for k, (u, _, d) in enumerate(ins):
+            d["order"] = k
+            d["src_channels"] = g.nodes[u]["width"]
+            d["channels"] = d["project"]["channels"] if d["project"] else d["src_channels"]
+            chans.append(d["channels"])
+        nd = g.nodes[n]
+        if nd["aggregate"] == "sum" and len(set(chans)) > 1:
+            detail = ", ".join(f"{u}: {d['channels']}" for u, _, d in ins)
+            raise SpecError("'sum' aggregation needs inputs of equal channels", file=src, node=n,
+                            expected="one channel count", found=detail,
+                            hint="add 'project: {channels: C}' to its edges or use 'concat'")
+        nd["in_channels"] = sum(chans) if nd["aggregate"] == "concat" else chans[0]
+        w = nd.pop("width_cfg")
+        nd["width"] = nd["in_channels"] if w == "concat" else int(w)
+        if nd["block"]["type"] == "identity" and nd["width"] != nd["in_channels"]:
+            raise SpecError("an identity block cannot change the channels", file=src, node=n,
+                            expected=nd["in_channels"], found=nd["width"],
+                            hint="set 'width: concat' or use the 'conv' block")
+
+
+def topo_order(g: nx.DiGraph) -> list[str]:
+    """Nodes in a deterministic topological order (column-major, as the grid is read)."""
+    key = lambda n: (g.nodes[n]["column"], g.nodes[n]["level"])  # noqa: E731
+    return list(nx.lexicographical_topological_sort(g, key=key))
+
+
+def canonical_hash(g: nx.DiGraph, heads: Iterable[str] = ()) -> str:
+    """A hash of the network the graph describes: same topology and settings, same hash,
+    whatever order the spec listed things in (nodes are keyed by their grid position)."""
+    parts = [f"dims={g.graph['dims']};in={g.graph['in_channels']};out={g.graph['num_classes']}"]
+    for n in sorted(g.nodes):
+        d = g.nodes[n]
+        blk = sorted(d.get("block", {}).items())
+        parts.append(f"N{n}:{d['width']}:{d.get('aggregate')}:{blk}")
+    for u, v in sorted(g.edges):
+        d = g.edges[u, v]
+        parts.append(f"E{u}>{v}:{d['op']}:{d['align_corners']}:{sorted((d['project'] or {}).items())}")
+    parts += [f"H{h}" for h in sorted(heads)]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]

@@ -1,0 +1,67 @@
+"""Output heads and the classification-guided module (CGM).
+
+A head is a k x k convolution from a node's features to ``num_classes`` logits. A CGM reads a
+node's features and predicts whether the image contains the target at all (2 logits, class 1 =
+'has organ'); at inference its argmax gates the segmentation heads it is attached to, which is
+what removes false positives on empty images (UNet3+, UNet#). In training the gate is open and
+the CGM's logits are returned under ``'cgm:<node>'`` for the loss's BCE/CE term.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .layers import conv_cls
+from .registry import Registry
+
+CGMS: Registry = Registry("cgm")
+GATED_LOGIT = -1e4  # logit that a closed gate writes: sigmoid(-1e4) == 0 in every float type
+
+
+def head_conv(in_channels: int, num_classes: int, kernel: int, dims: int) -> nn.Module:
+    return conv_cls(dims)(in_channels, num_classes, kernel, padding=kernel // 2)
+
+
+class _PoolConcat(nn.Module):
+    """Global average and max pooling, concatenated: (B, C, *S) -> (B, 2C)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.flatten(2)
+        return torch.cat([flat.mean(-1), flat.amax(-1)], dim=1)
+
+
+@CGMS.register("unet3p")
+def cgm_unet3p(channels: int, dims: int, dropout: float = 0.5) -> nn.Module:
+    """UNet3+: dropout, 1x1 conv to 2, adaptive max-pool (then flattened)."""
+    pool = {2: nn.AdaptiveMaxPool2d, 3: nn.AdaptiveMaxPool3d}[dims](1)
+    return nn.Sequential(nn.Dropout(dropout), conv_cls(dims)(channels, 2, 1), pool, nn.Flatten(1))
+
+
+@CGMS.register("simple")
+def cgm_simple(channels: int, dims: int, dropout: float = 0.5) -> nn.Module:
+    """UNet# 'simple': avg+max pool, flatten, BN1d, dropout, linear -> 2."""
+    return nn.Sequential(_PoolConcat(), nn.BatchNorm1d(2 * channels), nn.Dropout(dropout),
+                         nn.Linear(2 * channels, 2))
+
+
+@CGMS.register("full")
+def cgm_full(channels: int, dims: int, dropout: float = 0.5, hidden: int = 256) -> nn.Module:
+    """UNet# 'full': avg+max pool, BN1d, dropout, linear, ReLU, BN1d, dropout, linear -> 2.
+
+    The hidden width is not given in the paper; 256 is this project's choice.
+    """
+    return nn.Sequential(
+        _PoolConcat(), nn.BatchNorm1d(2 * channels), nn.Dropout(dropout),
+        nn.Linear(2 * channels, hidden), nn.ReLU(inplace=True), nn.BatchNorm1d(hidden),
+        nn.Dropout(dropout), nn.Linear(hidden, 2),
+    )
+
+
+class CGMGate(nn.Module):
+    """Closes a head's logits where the CGM says 'no organ' (eval mode only)."""
+
+    def forward(self, logits: torch.Tensor, cls_logits: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            return logits
+        has = cls_logits.argmax(dim=1).bool().view(-1, *([1] * (logits.dim() - 1)))
+        return torch.where(has, logits, torch.full_like(logits, GATED_LOGIT))

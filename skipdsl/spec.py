@@ -1,0 +1,393 @@
+"""Stage 1: YAML text -> a checked ``Spec`` (pydantic), with errors located by file and line.
+
+A spec describes a UNet-like network as a grid of nodes X[i,j] (level i, column j) and rules or
+explicit lists for the skip edges between them. Everything here is data: channels, scales and
+resampling are derived from it in :mod:`skipdsl.graph`.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import SpecError, did_you_mean
+
+NODE_RE = re.compile(r"^x_(\d+)_(\d+)$")
+RULES = ("dense", "skip", "up", "fullscale_up", "fullscale_down", "deeper")
+NODE_SETS = ("triangle", "diagonal")
+
+
+def parse_node(name: str) -> tuple[int, int]:
+    """``'x_2_1'`` -> ``(2, 1)``; anything else raises ``SpecError``."""
+    m = NODE_RE.match(str(name))
+    if not m:
+        raise SpecError(f"'{name}' is not a node id", expected="x_<level>_<column>, e.g. x_2_1",
+                        found=name)
+    return int(m.group(1)), int(m.group(2))
+
+
+def node_id(i: int, j: int) -> str:
+    return f"x_{i}_{j}"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False, populate_by_name=True)
+
+
+class Resample(_Model):
+    """How an edge changes scale: ``down`` when the source is shallower, ``up`` when deeper."""
+
+    down: Literal["maxpool", "avgpool", "conv"] = "maxpool"
+    up: Literal["bilinear", "nearest", "transposed"] = "bilinear"
+    align_corners: bool = True
+
+
+class Project(_Model):
+    """An optional per-edge projection (UNet3+): conv k x k to ``channels`` + norm + act."""
+
+    channels: int = Field(gt=0)
+    kernel: int = Field(3, gt=0)
+    norm: str | None = None
+    act: str | None = None
+
+
+class Block(_Model):
+    """The block of a node: ``type`` from the block registry, e.g. conv-norm-act x repeats."""
+
+    type: str = "conv"
+    repeats: int = Field(2, ge=1, le=8)
+    kernel: int = Field(3, gt=0)
+    norm: str = "batch"
+    act: str = "relu"
+    bias: bool = True
+    residual: bool = False
+
+
+class NodeConfig(_Model):
+    """Per-node settings; ``width: concat`` makes the width equal to the incoming channels."""
+
+    width: int | Literal["concat"] | None = None
+    block: dict[str, Any] | None = None
+    aggregate: Literal["concat", "sum"] | None = None
+
+    @field_validator("width")
+    @classmethod
+    def _positive(cls, v):
+        if isinstance(v, int) and v <= 0:
+            raise ValueError("width must be > 0")
+        return v
+
+
+class EdgeRule(_Model):
+    """A rule that adds edges into every decoder node it applies to."""
+
+    rule: str
+    min_k: int | None = Field(None, ge=0)
+    max_k: int | None = Field(None, ge=0)
+    to: list[str] | None = None
+    resample: Resample | None = None
+    project: Project | None = None
+
+    @field_validator("rule")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in RULES:
+            raise ValueError(f"unknown rule '{v}'; {did_you_mean(v, RULES)}")
+        return v
+
+
+class Edge(_Model):
+    """One explicit edge ``from -> to`` (what search generates)."""
+
+    src: str = Field(alias="from")
+    dst: str = Field(alias="to")
+    scale: float | None = None
+    resample: Resample | None = None
+    project: Project | None = None
+
+
+class Head(_Model):
+    """An output head on a node. ``match``: upsample logits to the input size, or keep them at
+    the node's size (the loss then pools the ground truth down)."""
+
+    node: str
+    kernel: int = Field(1, gt=0)
+    main: bool = False
+    match: Literal["upsample", "pool"] = "upsample"
+    cgm: Literal["unet3p", "full", "simple"] | None = None
+    cgm_from: str | None = None  # node whose features the CGM reads (default: the head's node)
+
+
+class Widths(_Model):
+    base: int = Field(gt=0)
+    growth: float = Field(2.0, gt=0)
+    multipliers: list[float] | None = None
+
+
+class Grid(_Model):
+    depth: int = Field(ge=3, le=6)
+    widths: list[int] | Widths
+
+    def level_widths(self) -> list[int]:
+        if isinstance(self.widths, list):
+            return list(self.widths)
+        w = self.widths
+        mult = w.multipliers or [1.0] * self.depth
+        return [int(round(w.base * w.growth**i * mult[i])) for i in range(min(self.depth, len(mult)))]
+
+
+class Defaults(_Model):
+    block: Block = Field(default_factory=Block)
+    aggregate: Literal["concat", "sum"] = "concat"
+    resample: Resample = Field(default_factory=Resample)
+
+
+class Spec(_Model):
+    """A checked network description. ``source`` records where it came from."""
+
+    name: str
+    description: str = ""
+    dims: Literal[2, 3] = 2
+    in_channels: int = Field(3, gt=0)
+    num_classes: int = Field(1, gt=0)
+    grid: Grid
+    nodes: Union[Literal["triangle", "diagonal"], list[str]] = "triangle"
+    defaults: Defaults = Field(default_factory=Defaults)
+    encoder: NodeConfig = Field(default_factory=NodeConfig)
+    decoder: NodeConfig = Field(default_factory=NodeConfig)
+    node_overrides: dict[str, NodeConfig] = Field(default_factory=dict)
+    edges: list[Union[EdgeRule, Edge]] = Field(default_factory=list)
+    heads: list[Head] = Field(default_factory=list)
+    deep_supervision: bool = False
+    cgm: bool = False
+    loss: str | None = None
+    init: Literal["he", "torch"] = "he"
+    source: str | None = Field(None, exclude=True)
+
+    @field_validator("edges", mode="before")
+    @classmethod
+    def _edge_kind(cls, v):
+        # pick the model by its keys, so errors talk about the right one
+        if not isinstance(v, list):
+            return v
+        out = []
+        for e in v:
+            if isinstance(e, str):
+                e = {"rule": e}
+            if isinstance(e, dict) and "rule" not in e and ("from" in e or "to" in e):
+                e = Edge.model_validate(e)
+            elif isinstance(e, dict):
+                e = EdgeRule.model_validate(e)
+            out.append(e)
+        return out
+
+    @model_validator(mode="after")
+    def _check(self) -> "Spec":
+        widths = self.grid.level_widths()
+        if len(widths) != self.grid.depth:
+            raise ValueError(
+                f"grid.widths has {len(widths)} entries but grid.depth is {self.grid.depth}; "
+                f"give one width per level"
+            )
+        if any(w <= 0 for w in widths):
+            raise ValueError(f"grid.widths must be positive, found {widths}")
+        if not self.heads:
+            raise ValueError("at least one head is needed, e.g. heads: [{node: x_0_4, main: true}]")
+        if sum(h.main for h in self.heads) > 1:
+            raise ValueError("more than one head has main: true; mark exactly one")
+        return self
+
+    # -- derived -------------------------------------------------------------------------
+    @property
+    def widths(self) -> list[int]:
+        return self.grid.level_widths()
+
+    @property
+    def depth(self) -> int:
+        return self.grid.depth
+
+    @property
+    def main_head(self) -> Head:
+        return next((h for h in self.heads if h.main), self.heads[0])
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"source"})
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def replace(self, **changes: Any) -> "Spec":
+        """A new checked spec with top-level fields changed (``None`` values are ignored)."""
+        data = self.to_dict()
+        changes = {k: v for k, v in changes.items() if v is not None}
+        if "widths" in changes:
+            w = changes.pop("widths")
+            data["grid"]["widths"] = {"base": w} if isinstance(w, int) else list(w)
+        data.update(changes)
+        out = from_dict(data, source=self.source)
+        return out
+
+    def hash(self) -> str:
+        """A stable hash of the spec's content (graph-level canonical hash: skipdsl.graph)."""
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------
+# YAML with line numbers
+
+
+class _LineLoader(yaml.SafeLoader):
+    """SafeLoader that also records the line of every mapping key and sequence item."""
+
+
+def _compose_lines(node: yaml.Node, path: tuple, lines: dict[tuple, int]) -> None:
+    lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            key = k.value
+            lines[path + (key,)] = k.start_mark.line + 1
+            _compose_lines(v, path + (key,), lines)
+            lines[path + (key,)] = k.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for idx, item in enumerate(node.value):
+            _compose_lines(item, path + (idx,), lines)
+
+
+def _read_yaml(text: str, file: str | None) -> tuple[Any, dict[tuple, int]]:
+    try:
+        root = yaml.compose(text, Loader=_LineLoader)
+        data = yaml.load(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        line = mark.line + 1 if mark else None
+        problem = getattr(e, "problem", None) or str(e)
+        raise SpecError(f"YAML syntax error: {problem}", file=file, line=line,
+                        hint="check indentation, colons and brackets on that line") from None
+    lines: dict[tuple, int] = {}
+    if root is not None:
+        _compose_lines(root, (), lines)
+    return data, lines
+
+
+def _line_for(loc: tuple, lines: dict[tuple, int]) -> int | None:
+    loc = tuple(loc)
+    while loc:
+        if loc in lines:
+            return lines[loc]
+        loc = loc[:-1]
+    return lines.get(())
+
+
+def _clean_loc(loc: tuple) -> tuple:
+    """Drop pydantic's union-branch names (``EdgeRule``, ``list[str]``...) from a location."""
+    return tuple(p for p in loc if isinstance(p, int) or not (
+        p[:1].isupper() or "[" in p or p.startswith(("literal", "function"))))
+
+
+def _known_keys(model: type[BaseModel]) -> list[str]:
+    return [f.alias or n for n, f in model.model_fields.items() if n != "source"]
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    """Which schema class sits at a location (for 'did you mean' on unknown keys)."""
+    model: Any = Spec
+    for p in loc:
+        if isinstance(p, int) or model is None:
+            continue
+        f = model.model_fields.get(p) if hasattr(model, "model_fields") else None
+        if f is None:
+            return None
+        ann = f.annotation
+        cand = [a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)]
+        for a in getattr(ann, "__args__", ()):  # list[X]
+            cand += [b for b in getattr(a, "__args__", ()) if isinstance(b, type) and issubclass(b, BaseModel)]
+        model = cand[0] if cand else None
+    return model
+
+
+def _to_spec_error(err: ValidationError, file: str | None, lines: dict, data: Any) -> SpecError:
+    e = err.errors()[0]
+    loc = _clean_loc(tuple(e["loc"]))
+    where = ".".join(str(p) for p in loc) or "(top level)"
+    line = _line_for(loc, lines)
+    if e["type"] == "extra_forbidden":
+        key = loc[-1]
+        model = _model_at(loc[:-1])
+        hint = did_you_mean(str(key), _known_keys(model)) if model else "remove it"
+        return SpecError(f"unknown key '{key}' at {where}", file=file, line=line, hint=hint)
+    if e["type"] == "missing":
+        return SpecError(f"missing required key '{loc[-1] if loc else where}'", file=file, line=line,
+                         hint="add it; see zoo/unet.yaml for a complete example")
+    found = e.get("input")
+    msg = e["msg"].removeprefix("Value error, ")
+    if e["type"] == "literal_error":
+        return SpecError(f"bad value at {where}: {msg}", file=file, line=line,
+                         found=found, hint=did_you_mean(str(found), re.findall(r"'([^']+)'", msg)))
+    return SpecError(f"bad value at {where}: {msg}", file=file, line=line,
+                     found=None if isinstance(found, (dict, list)) else found,
+                     hint=f"{len(err.errors())} problem(s) in all; fix this one first"
+                     if len(err.errors()) > 1 else None)
+
+
+def from_dict(data: Any, *, source: str | None = None, lines: dict | None = None) -> Spec:
+    """Check a plain dict (parsed YAML) against the schema; raise a located ``SpecError``."""
+    if not isinstance(data, dict):
+        raise SpecError("a spec must be a YAML mapping (key: value lines)", file=source, line=1,
+                        found=type(data).__name__)
+    data = copy.deepcopy(data)
+    try:
+        spec = Spec.model_validate(data)
+    except ValidationError as err:
+        raise _to_spec_error(err, source, lines or {}, data) from None
+    spec.source = source
+    return spec
+
+
+def loads(text: str, *, source: str | None = None) -> Spec:
+    """Parse YAML text (safe loader) into a checked ``Spec``."""
+    data, lines = _read_yaml(text, source)
+    return from_dict(data, source=source, lines=lines)
+
+
+def zoo_dir():
+    return resources.files("skipdsl") / "zoo"
+
+
+def list_models() -> list[str]:
+    """Names of the zoo specs shipped with the package."""
+    return sorted(p.name[:-5] for p in zoo_dir().iterdir() if p.name.endswith(".yaml"))
+
+
+def resolve(name_or_path: str | Path) -> tuple[str, str]:
+    """Find a spec: an existing path, or a zoo name (``unetsharp`` or ``unetsharp.yaml``).
+
+    Returns ``(text, source)``.
+    """
+    p = Path(name_or_path)
+    if p.is_file():
+        return p.read_text(), str(p)
+    stem = p.name[:-5] if p.name.endswith((".yaml", ".yml")) else p.name
+    if p.parent == Path(".") or str(p.parent) == "":
+        z = zoo_dir() / f"{stem}.yaml"
+        if z.is_file():
+            return z.read_text(), f"zoo/{stem}.yaml"
+    raise SpecError(
+        f"no spec file '{name_or_path}' and no zoo model '{stem}'",
+        hint=did_you_mean(stem, list_models()) + " (or give a path to a .yaml file)",
+    )
+
+
+def load(name_or_path: "str | Path | Spec") -> Spec:
+    """A zoo name, a path or a Spec -> a checked ``Spec``."""
+    if isinstance(name_or_path, Spec):
+        return name_or_path
+    text, source = resolve(name_or_path)
+    return loads(text, source=source)
