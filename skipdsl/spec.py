@@ -12,10 +12,11 @@ import json
 import re
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError,
+                      field_validator, model_validator)
 
 from .errors import SpecError, did_you_mean
 
@@ -95,6 +96,11 @@ class EdgeRule(_Model):
     resample: Resample | None = None
     project: Project | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, v):
+        return {"rule": v} if isinstance(v, str) else v
+
     @field_validator("rule")
     @classmethod
     def _known(cls, v: str) -> str:
@@ -111,6 +117,18 @@ class Edge(_Model):
     scale: float | None = None
     resample: Resample | None = None
     project: Project | None = None
+
+
+def _edge_kind(v: Any) -> str:
+    if isinstance(v, dict) and "rule" not in v and ("from" in v or "to" in v or "src" in v):
+        return "Edge"
+    if isinstance(v, Edge):
+        return "Edge"
+    return "EdgeRule"
+
+
+AnyEdge = Annotated[Union[Annotated[EdgeRule, Tag("EdgeRule")], Annotated[Edge, Tag("Edge")]],
+                    Discriminator(_edge_kind)]
 
 
 class Head(_Model):
@@ -163,30 +181,13 @@ class Spec(_Model):
     encoder: NodeConfig = Field(default_factory=NodeConfig)
     decoder: NodeConfig = Field(default_factory=NodeConfig)
     node_overrides: dict[str, NodeConfig] = Field(default_factory=dict)
-    edges: list[Union[EdgeRule, Edge]] = Field(default_factory=list)
+    edges: list[AnyEdge] = Field(default_factory=list)
     heads: list[Head] = Field(default_factory=list)
     deep_supervision: bool = False
     cgm: bool = False
     loss: str | None = None
     init: Literal["he", "torch"] = "he"
     source: str | None = Field(None, exclude=True)
-
-    @field_validator("edges", mode="before")
-    @classmethod
-    def _edge_kind(cls, v):
-        # pick the model by its keys, so errors talk about the right one
-        if not isinstance(v, list):
-            return v
-        out = []
-        for e in v:
-            if isinstance(e, str):
-                e = {"rule": e}
-            if isinstance(e, dict) and "rule" not in e and ("from" in e or "to" in e):
-                e = Edge.model_validate(e)
-            elif isinstance(e, dict):
-                e = EdgeRule.model_validate(e)
-            out.append(e)
-        return out
 
     @model_validator(mode="after")
     def _check(self) -> "Spec":
@@ -269,6 +270,9 @@ def _read_yaml(text: str, file: str | None) -> tuple[Any, dict[tuple, int]]:
         mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
         line = mark.line + 1 if mark else None
         problem = getattr(e, "problem", None) or str(e)
+        ctx, cmark = getattr(e, "context", None), getattr(e, "context_mark", None)
+        if ctx and cmark is not None and cmark.line + 1 != line:
+            problem += f" ({ctx} started on line {cmark.line + 1})"
         raise SpecError(f"YAML syntax error: {problem}", file=file, line=line,
                         hint="check indentation, colons and brackets on that line") from None
     lines: dict[tuple, int] = {}
@@ -286,41 +290,68 @@ def _line_for(loc: tuple, lines: dict[tuple, int]) -> int | None:
     return lines.get(())
 
 
-def _clean_loc(loc: tuple) -> tuple:
-    """Drop pydantic's union-branch names (``EdgeRule``, ``list[str]``...) from a location."""
-    return tuple(p for p in loc if isinstance(p, int) or not (
-        p[:1].isupper() or "[" in p or p.startswith(("literal", "function"))))
+def _clean_loc(loc: tuple, data: Any) -> tuple:
+    """Keep the parts of a pydantic location that are real keys/indices of the data (drops
+    union-branch names such as ``EdgeRule`` or ``list[str]``). A last unknown part is kept:
+    it is the offending key of an 'extra' or 'missing' error."""
+    out, cur = [], data
+    for k, p in enumerate(loc):
+        if isinstance(cur, dict) and p in cur:
+            out.append(p)
+            cur = cur[p]
+        elif isinstance(cur, list) and isinstance(p, int) and 0 <= p < len(cur):
+            out.append(p)
+            cur = cur[p]
+        elif k == len(loc) - 1:
+            out.append(p)
+    return tuple(out)
 
 
 def _known_keys(model: type[BaseModel]) -> list[str]:
     return [f.alias or n for n, f in model.model_fields.items() if n != "source"]
 
 
-def _model_at(loc: tuple) -> type[BaseModel] | None:
+def _models_in(ann: Any) -> list[type[BaseModel]]:
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return [ann]
+    out: list[type[BaseModel]] = []
+    for a in getattr(ann, "__args__", ()) or ():
+        out += _models_in(a)
+    origin = getattr(ann, "__origin__", None)
+    if origin is not None and not getattr(ann, "__args__", None):
+        out += _models_in(origin)
+    return out
+
+
+def _model_at(loc: tuple, data: Any) -> type[BaseModel] | None:
     """Which schema class sits at a location (for 'did you mean' on unknown keys)."""
     model: Any = Spec
+    cur = data
     for p in loc:
-        if isinstance(p, int) or model is None:
+        cur = cur[p] if isinstance(cur, (dict, list)) else None
+        if isinstance(p, int):
             continue
-        f = model.model_fields.get(p) if hasattr(model, "model_fields") else None
+        f = model.model_fields.get(p) if model is not None else None
         if f is None:
             return None
-        ann = f.annotation
-        cand = [a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)]
-        for a in getattr(ann, "__args__", ()):  # list[X]
-            cand += [b for b in getattr(a, "__args__", ()) if isinstance(b, type) and issubclass(b, BaseModel)]
-        model = cand[0] if cand else None
+        cands = _models_in(f.annotation)
+        if Edge in cands and EdgeRule in cands:
+            continue  # decided by the item itself, below
+        model = cands[0] if cands else None
+    if model is Spec and loc and loc[0] == "edges":
+        model = Edge if _edge_kind(cur) == "Edge" else EdgeRule
     return model
 
 
 def _to_spec_error(err: ValidationError, file: str | None, lines: dict, data: Any) -> SpecError:
-    e = err.errors()[0]
-    loc = _clean_loc(tuple(e["loc"]))
+    errors = sorted(err.errors(), key=lambda e: e["type"] != "extra_forbidden")
+    e = errors[0]
+    loc = _clean_loc(tuple(e["loc"]), data)
     where = ".".join(str(p) for p in loc) or "(top level)"
     line = _line_for(loc, lines)
     if e["type"] == "extra_forbidden":
         key = loc[-1]
-        model = _model_at(loc[:-1])
+        model = _model_at(loc[:-1], data)
         hint = did_you_mean(str(key), _known_keys(model)) if model else "remove it"
         return SpecError(f"unknown key '{key}' at {where}", file=file, line=line, hint=hint)
     if e["type"] == "missing":

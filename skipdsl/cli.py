@@ -1,0 +1,204 @@
+"""The ``skipdsl`` command: compile, validate, list, draw, search.
+
+Spec and data errors print a located message (no traceback) and exit with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from .errors import DataError, SpecError
+
+out = Console(width=None if sys.stdout.isatty() else 140)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
+
+
+def _widths(text: str | None):
+    if text is None:
+        return None
+    parts = [int(p) for p in text.replace(" ", "").split(",") if p]
+    return parts[0] if len(parts) == 1 else parts
+
+
+def _add_overrides(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dims", type=int, choices=(2, 3), help="2D or 3D (default: the spec's)")
+    p.add_argument("--in-channels", type=int)
+    p.add_argument("--num-classes", type=int)
+    p.add_argument("--widths", help="per-level widths '32,64,128,256,512' or a base '16'")
+    p.add_argument("--deep-supervision", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--cgm", action=argparse.BooleanOptionalAction, default=None,
+                   help="classification-guided module on the heads that name one")
+
+
+def _compile(args):
+    from . import compiler
+
+    model = compiler.compile(args.spec, in_channels=args.in_channels,
+                             num_classes=args.num_classes, dims=args.dims,
+                             widths=_widths(args.widths),
+                             deep_supervision=True if args.prune else args.deep_supervision,
+                             cgm=args.cgm)
+    if args.prune:
+        model = compiler.prune(model, args.prune)
+    return model
+
+
+def cmd_compile(args) -> int:
+    from .info import model_cost
+    from . import spec_hash
+
+    model = _compile(args)
+    size = args.size
+    cost = model_cost(model, size)
+    if args.code:
+        Path(args.code).write_text(model.code)
+    if args.json:
+        data = {
+            "name": cost.name, "source": model.spec.source, "spec_hash": spec_hash(model.spec),
+            "size": list(cost.size), "params": cost.params, "gflops": cost.gflops,
+            "activation_mb": cost.act_mb, "heads": model.head_ids,
+            "nodes": [vars(n) for n in cost.nodes],
+        }
+        print(json.dumps(data, indent=2))
+        return 0
+    shape = "x".join(map(str, cost.size))
+    title = f"{cost.name}  ({model.spec.source}, {model.spec.dims}D, input {shape})"
+    if args.prune:
+        title += f"  pruned to x_0_{args.prune}"
+    t = Table(title=title, title_justify="left")
+    for col, kw in [("node", {}), ("level", {"justify": "right"}), ("col", {"justify": "right"}),
+                    ("inputs", {}), ("in ch", {"justify": "right"}),
+                    ("width", {"justify": "right"}), ("params", {"justify": "right"}),
+                    ("GFLOPs", {"justify": "right"}), ("out MB", {"justify": "right"})]:
+        t.add_column(col, **kw)
+    for n in cost.nodes:
+        t.add_row(n.node, str(n.level), str(n.column), ", ".join(n.inputs), str(n.in_channels),
+                  str(n.width), f"{n.params:,}", f"{n.gflops:.3f}", f"{n.act_mb:.2f}")
+    out.print(t)
+    out.print(f"heads: {', '.join(model.head_ids)}")
+    out.print(f"[bold]parameters[/bold] {cost.params:,}   [bold]forward GFLOPs[/bold] "
+              f"{cost.gflops:.2f} per image   [bold]activation memory[/bold] {cost.act_mb:.1f} MB "
+              f"per image (saved for backward, fp32)   spec hash {spec_hash(model.spec)}")
+    if args.code:
+        out.print(f"generated code written to {args.code}")
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from .graph import build_graph
+    from .spec import load
+
+    bad = 0
+    for path in args.specs:
+        try:
+            g = build_graph(load(path))
+            out.print(f"[green]ok[/green] {path}: {g.number_of_nodes() - 1} nodes, "
+                      f"{g.number_of_edges()} edges")
+        except SpecError as e:
+            bad += 1
+            err.print(f"[red]error[/red] {e}", highlight=False)
+    return 2 if bad else 0
+
+
+def cmd_list(args) -> int:
+    from .spec import list_models, load
+    from .compiler import compile as compile_
+
+    t = Table(title="zoo")
+    for col in ("name", "params (3 -> 1)", "description"):
+        t.add_column(col)
+    for name in list_models():
+        s = load(name)
+        n = sum(p.numel() for p in compile_(s).parameters())
+        t.add_row(name, f"{n:,}", s.description)
+    out.print(t)
+    return 0
+
+
+def cmd_draw(args) -> int:
+    from .draw import draw
+    from .graph import build_graph
+    from .spec import load
+
+    s = load(args.spec)
+    s = s.replace(dims=args.dims, widths=_widths(args.widths))
+    path = draw(build_graph(s), args.output, heads=[h.node for h in s.heads])
+    out.print(f"wrote {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="skipdsl", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("compile", help="compile a spec and print its nodes, params, FLOPs, memory")
+    c.add_argument("spec", help="zoo name (unetsharp, unetsharp.yaml) or path to a YAML spec")
+    c.add_argument("--size", type=int, default=96, help="input side for FLOPs/memory (96)")
+    c.add_argument("--code", metavar="FILE", help="write the generated Python forward to FILE")
+    c.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    c.add_argument("--prune", type=int, metavar="K", help="the sub-network feeding head x_0_K")
+    _add_overrides(c)
+    c.set_defaults(func=cmd_compile)
+
+    v = sub.add_parser("validate", help="check specs; exit 2 if any is invalid")
+    v.add_argument("specs", nargs="+")
+    v.set_defaults(func=cmd_validate)
+
+    ls = sub.add_parser("list", help="list the zoo")
+    ls.set_defaults(func=cmd_list)
+
+    d = sub.add_parser("draw", help="draw the grid picture of a spec")
+    d.add_argument("spec")
+    d.add_argument("-o", "--output", required=True, help="FILE.png or FILE.svg")
+    d.add_argument("--dims", type=int, choices=(2, 3))
+    d.add_argument("--widths")
+    d.set_defaults(func=cmd_draw)
+
+    s = sub.add_parser("search", help="search skip topologies (skipdsl search run|report ...)",
+                       add_help=False)
+    s.add_argument("rest", nargs=argparse.REMAINDER)
+    s.set_defaults(func=lambda a: _search(a.rest))
+    return p
+
+
+def _search(rest: list[str]) -> int:
+    from .search.cli import main as search_main
+
+    return int(search_main(rest) or 0)
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Parse and run; errors in user input become messages, never tracebacks."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (SpecError, DataError) as e:
+        err.print(f"[red]error[/red] {e}", highlight=False)
+        return 2
+    except FileNotFoundError as e:
+        err.print(f"[red]error[/red] {e}", highlight=False)
+        return 2
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        return 130
+    except Exception as e:  # an internal error: say so plainly; SKIPDSL_DEBUG=1 shows the trace
+        if os.environ.get("SKIPDSL_DEBUG"):
+            raise
+        err.print(f"[red]internal error[/red] {type(e).__name__}: {e}\n"
+                  "  (this is a bug in skipdsl; rerun with SKIPDSL_DEBUG=1 for the traceback "
+                  "and report it)", highlight=False)
+        return 1
+
+
+def main(argv: list[str] | None = None) -> None:
+    sys.exit(run(argv))
+
+
+if __name__ == "__main__":
+    main()
