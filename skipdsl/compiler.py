@@ -17,6 +17,7 @@ import networkx as nx
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
+from torch.fx.graph_module import _copy_attr
 
 from .errors import SpecError
 from .graph import INPUT, build_graph, topo_order
@@ -117,6 +118,71 @@ def _build_modules(spec: Spec, dag: nx.DiGraph, heads: list[Head], use_cgm: bool
     return root
 
 
+def _emit_node(graph: fx.Graph, spec: Spec, dag: nx.DiGraph, v: str,
+               values: dict[str, fx.Node], shared: dict[tuple, fx.Node],
+               edge_mods: nn.Module) -> fx.Node:
+    """Emit one node: resample and project each input, aggregate, then the block."""
+    dims = spec.dims
+    parts = []
+    for u, _, d in sorted(dag.in_edges(v, data=True), key=lambda e: e[2]["order"]):
+        t = values[u]
+        eid = f"{u}__{v}"
+        if d["op"] in ("conv", "transposed"):
+            t = graph.create_node("call_module", f"edges.{eid}.resample", (t,), name=f"{eid}_rs")
+        elif d["op"] != "identity":
+            key = (u, d["op"], d["factor"], d["align_corners"])
+            if key not in shared:  # a stateless resampling used by several edges: emitted once
+                if d["factor"] > 1:
+                    kw = _interp_kwargs(d["op"], d["factor"], d["align_corners"], dims)
+                    shared[key] = graph.create_node("call_function", F.interpolate, (t,), kw,
+                                                    name=f"{u}_up{int(d['factor'])}")
+                else:
+                    k = int(round(1 / d["factor"]))
+                    fn = max_pool_fn(dims) if d["op"] == "maxpool" else avg_pool_fn(dims)
+                    shared[key] = graph.create_node("call_function", fn, (t,),
+                                                    {"kernel_size": k, "stride": k},
+                                                    name=f"{u}_{d['op']}{k}")
+            t = shared[key]
+        if hasattr(getattr(edge_mods, eid, None), "project"):
+            t = graph.create_node("call_module", f"edges.{eid}.project", (t,), name=eid)
+        parts.append(t)
+    if len(parts) == 1:
+        agg = parts[0]
+    elif dag.nodes[v]["aggregate"] == "concat":
+        agg = graph.create_node("call_function", torch.cat, (parts,), {"dim": 1}, name=f"{v}_in")
+    else:
+        agg = parts[0]
+        for p in parts[1:]:
+            agg = graph.create_node("call_function", operator.add, (agg, p), name=f"{v}_in")
+    return graph.create_node("call_module", v, (agg,), name=v)
+
+
+class _Checkpointed:
+    """Calls a node's own small graph (resampling, projections, concat, block) under
+    activation checkpointing: only the source tensors are kept for the backward pass."""
+
+    def __init__(self, name: str, fn: fx.GraphModule) -> None:
+        self.__name__ = f"checkpoint_{name}"
+        self.fn = fn
+
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
+            from torch.utils.checkpoint import checkpoint
+
+            return checkpoint(self.fn, *inputs, use_reentrant=False)
+        return self.fn(*inputs)
+
+
+def _checkpointed_node(spec: Spec, dag: nx.DiGraph, v: str, root: nn.Module) -> _Checkpointed:
+    sub = fx.Graph()
+    srcs = [u for u, _, _ in sorted(dag.in_edges(v, data=True), key=lambda e: e[2]["order"])]
+    values = {u: sub.placeholder(u) for u in srcs}
+    out = _emit_node(sub, spec, dag, v, values, {}, getattr(root, "edges", nn.Module()))
+    sub.output(out)
+    # not a child module: it refers to the root's own modules, so no parameter is duplicated
+    return _Checkpointed(v, fx.GraphModule(root, sub, class_name=f"node_{v}"))
+
+
 def _emit(spec: Spec, dag: nx.DiGraph, heads: list[Head], use_cgm: bool,
           as_dict: bool, root: nn.Module) -> fx.Graph:
     """Write the forward as an fx graph, one named node per operation."""
@@ -133,47 +199,16 @@ def _emit(spec: Spec, dag: nx.DiGraph, heads: list[Head], use_cgm: bool,
         if use_cgm and h.cgm:
             needed |= nx.ancestors(dag, _cgm_key(h)) | {_cgm_key(h)}
 
-    def resample(u: str, v: str, d: dict) -> fx.Node:
-        t = values[u]
-        eid = f"{u}__{v}"
-        if d["op"] == "identity":
-            return t
-        if d["op"] in ("conv", "transposed"):
-            return graph.create_node("call_module", f"edges.{eid}.resample", (t,), name=f"{eid}_rs")
-        key = (u, d["op"], d["factor"], d["align_corners"])
-        if key not in shared:
-            if d["factor"] > 1:
-                kw = _interp_kwargs(d["op"], d["factor"], d["align_corners"], dims)
-                shared[key] = graph.create_node("call_function", F.interpolate, (t,), kw,
-                                                name=f"{u}_up{int(d['factor'])}")
-            else:
-                k = int(round(1 / d["factor"]))
-                fn = max_pool_fn(dims) if d["op"] == "maxpool" else avg_pool_fn(dims)
-                shared[key] = graph.create_node("call_function", fn, (t,),
-                                                {"kernel_size": k, "stride": k},
-                                                name=f"{u}_{d['op']}{k}")
-        return shared[key]
-
     for v in topo_order(dag):
         if v == INPUT or v not in needed:
             continue
-        parts = []
-        for u, _, d in sorted(dag.in_edges(v, data=True), key=lambda e: e[2]["order"]):
-            t = resample(u, v, d)
-            eid = f"{u}__{v}"
-            if hasattr(getattr(edge_mods, eid, None), "project"):
-                t = graph.create_node("call_module", f"edges.{eid}.project", (t,), name=eid)
-            parts.append(t)
-        if len(parts) == 1:
-            agg = parts[0]
-        elif dag.nodes[v]["aggregate"] == "concat":
-            agg = graph.create_node("call_function", torch.cat, (parts,), {"dim": 1},
-                                    name=f"{v}_in")
+        if dag.nodes[v]["checkpoint"]:
+            srcs = [u for u, _, _ in sorted(dag.in_edges(v, data=True), key=lambda e: e[2]["order"])]
+            fn = _checkpointed_node(spec, dag, v, root)
+            values[v] = graph.create_node("call_function", fn, tuple(values[u] for u in srcs),
+                                          name=v)
         else:
-            agg = parts[0]
-            for p in parts[1:]:
-                agg = graph.create_node("call_function", operator.add, (agg, p), name=f"{v}_in")
-        values[v] = graph.create_node("call_module", v, (agg,), name=v)
+            values[v] = _emit_node(graph, spec, dag, v, values, shared, edge_mods)
 
     outputs: dict[str, fx.Node] = {}
     cls: dict[str, fx.Node] = {}
@@ -206,6 +241,12 @@ def _emit(spec: Spec, dag: nx.DiGraph, heads: list[Head], use_cgm: bool,
 def _finish(root: nn.Module, graph: fx.Graph, spec: Spec, dag: nx.DiGraph, heads: list[Head],
             as_dict: bool, use_cgm: bool) -> fx.GraphModule:
     gm = fx.GraphModule(root, graph, class_name=spec.name.replace("-", "_") or "SkipNet")
+    # modules used only inside checkpointed nodes' own graphs must be children too
+    for n in graph.nodes:
+        if n.op == "call_function" and isinstance(n.target, _Checkpointed):
+            for m in n.target.fn.graph.nodes:
+                if m.op == "call_module":
+                    _copy_attr(root, gm, m.target)
     gm.spec = spec
     gm.dag = dag
     gm.head_ids = [h.node for h in heads]
@@ -224,16 +265,23 @@ def compile(
     widths: "list[int] | int | None" = None,
     deep_supervision: bool | None = None,
     cgm: bool | None = None,
+    checkpoint: bool | None = None,
 ) -> fx.GraphModule:
     """Compile a spec (zoo name, path or ``Spec``) into a PyTorch module.
 
     ``None`` keeps the spec's value. ``widths`` takes a list (one per level) or an int base
     (doubling per level). The module returns logits: one tensor from the main head, or, with
     deep supervision or CGM, a dict from head node id to logits (plus ``'cgm:<node>'`` class
-    logits when CGM is on; main head first).
+    logits when CGM is on; main head first). ``checkpoint=True`` recomputes every decoder
+    node (its resampling, concatenation and block) in the backward pass instead of storing
+    it: less activation memory for more compute (per node: ``checkpoint`` in the spec).
     """
     spec = load(spec).replace(in_channels=in_channels, num_classes=num_classes, dims=dims,
                               widths=widths, deep_supervision=deep_supervision, cgm=cgm)
+    if checkpoint is not None:
+        data = spec.to_dict()
+        data.setdefault("decoder", {})["checkpoint"] = checkpoint
+        spec = spec.replace(decoder=data["decoder"])
     dag = build_graph(spec)
     heads = _active_heads(spec, spec.deep_supervision)
     as_dict = spec.deep_supervision or spec.cgm

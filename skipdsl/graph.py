@@ -124,7 +124,8 @@ def build_graph(spec: "Spec | str") -> nx.DiGraph:
                                 hint=did_you_mean(block[key], reg))
         g.add_node(name, level=i, column=j, kind=kind, block=block, scale=2**i,
                    aggregate=_node_setting(spec, name, kind, "aggregate") or spec.defaults.aggregate,
-                   width_cfg=_node_setting(spec, name, kind, "width") or widths[i])
+                   width_cfg=_node_setting(spec, name, kind, "width") or widths[i],
+                   checkpoint=bool(_node_setting(spec, name, kind, "checkpoint")))
 
     default_rs = spec.defaults.resample
 

@@ -77,6 +77,7 @@ class NodeConfig(_Model):
     width: int | Literal["concat"] | None = None
     block: dict[str, Any] | None = None
     aggregate: Literal["concat", "sum"] | None = None
+    checkpoint: bool | None = None  # recompute this node (resampling, concat, block) in backward
 
     @field_validator("width")
     @classmethod

@@ -112,3 +112,24 @@ def test_forward_rejects_bad_sizes_with_clear_error():
         model(torch.randn(1, 3, 50, 48))
     with pytest.raises(skipdsl.SpecError, match="expects 3 input channels"):
         model(torch.randn(1, 1, 48, 48))
+
+
+@pytest.mark.parametrize("name", ["unetsharp", "unet3p"])
+def test_checkpointing_same_result_less_memory(name):
+    from skipdsl.info import saved_activation_bytes
+
+    x = torch.randn(2, 3, 32, 32)
+    results = {}
+    for ck in (False, True):
+        torch.manual_seed(0)
+        model = skipdsl.compile(name, widths=[8, 16, 32, 64, 128], checkpoint=ck)
+        saved = saved_activation_bytes(model, x)
+        out = model(x)
+        out.square().mean().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+        results[ck] = (saved, out.detach(), grads)
+    assert results[True][0] < 0.6 * results[False][0]
+    assert torch.allclose(results[True][1], results[False][1], atol=1e-6)
+    assert results[True][2].keys() == results[False][2].keys()  # nothing lost from the module
+    flat = {ck: torch.cat([g.flatten() for _, g in sorted(r[2].items())]) for ck, r in results.items()}
+    assert (flat[True] - flat[False]).norm() <= 1e-4 * flat[False].norm()

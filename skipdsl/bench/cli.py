@@ -1,0 +1,207 @@
+"""The ``bench`` command: run the zoo x datasets sweep, rebuild reports, list, show, speed.
+
+    bench run --datasets all --models unet,unetpp --budget smoke --out runs/smoke
+    bench report runs/smoke
+    bench list
+    bench datasets show nuclei2d -o nuclei.png
+    bench speed ...            (forwards to benchmarks/speed.py)
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Sequence
+
+__all__ = ["main", "build_parser"]
+
+
+def _csv(text: str | None) -> list[str]:
+    return [t.strip() for t in (text or "").split(",") if t.strip()]
+
+
+def _widths(text: str | None):
+    if text is None:
+        return None
+    parts = _csv(text)
+    return int(parts[0]) if len(parts) == 1 else [int(p) for p in parts]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bench", description="Train and evaluate the skipdsl zoo "
+                                "on segmentation datasets, in parallel on Ray Tune.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    r = sub.add_parser("run", help="run a sweep (finished trials in OUT are skipped)")
+    r.add_argument("--models", default="all",
+                   help="comma-separated zoo names or YAML spec paths, or 'all' (default)")
+    r.add_argument("--datasets", default="all", help="comma-separated names, or 'all' (default)")
+    r.add_argument("--budget", default="smoke", choices=["smoke", "short", "paper"])
+    r.add_argument("--out", default=None, help="output folder (default runs/bench-BUDGET)")
+    r.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
+    r.add_argument("--deep-supervision", "--ds", dest="ds", default="both",
+                   choices=["off", "on", "both"],
+                   help="deep supervision trials (default both; single-head models: off only)")
+    r.add_argument("--backend", default="ray", choices=["ray", "local"],
+                   help="ray (default: Ray Tune) or local (sequential, no Ray; debugging)")
+    r.add_argument("--address", default=None,
+                   help="join a running Ray cluster (host:port or 'auto') instead of a local one")
+    r.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray")
+    r.add_argument("--cpus-per-trial", type=float, default=1.0)
+    r.add_argument("--gpus-per-trial", type=float, default=0.0,
+                   help="GPUs per trial; fractions pack trials (0.25: four per GPU)")
+    r.add_argument("--data-root", default=None, help="folder of real datasets")
+    r.add_argument("--cache-dir", default=None)
+    r.add_argument("--epochs", type=int, default=None, help="override the budget's epochs")
+    r.add_argument("--n", type=int, default=None, help="override the budget's images per set")
+    r.add_argument("--widths", default=None, help="override widths: a base (8) or a list")
+    r.add_argument("--batch-size", type=int, default=None)
+    r.add_argument("--lr", type=float, default=None)
+    r.add_argument("--loss", default=None, help="override the specs' losses")
+    r.add_argument("--hd95", action=argparse.BooleanOptionalAction, default=None,
+                   help="measure HD95 (default: short and paper budgets)")
+    r.add_argument("--device", default=None, help="auto (default), cpu or cuda")
+    r.add_argument("--retry-failed", action="store_true", help="re-run failed trials")
+    r.add_argument("--no-report", action="store_true", help="skip report.md and plots")
+    r.add_argument("--no-progress", action="store_true")
+    r.add_argument("--strict", action="store_true", help="exit 1 when a trial failed")
+    r.add_argument("--verbose", "-v", action="store_true", help="show Ray/Tune output")
+
+    rep = sub.add_parser("report", help="rebuild results.csv, report.md and plots of OUT")
+    rep.add_argument("out")
+    rep.add_argument("--no-plots", action="store_true")
+
+    ls = sub.add_parser("list", help="list zoo models and datasets")
+    ls.add_argument("--data-root", default=None)
+
+    d = sub.add_parser("datasets", help="dataset tools")
+    dsub = d.add_subparsers(dest="dcmd", required=True)
+    show = dsub.add_parser("show", help="save a picture of a few samples")
+    show.add_argument("name")
+    show.add_argument("-o", "--out", required=True, help="output .png")
+    show.add_argument("-n", type=int, default=4)
+    show.add_argument("--data-root", default=None)
+    dls = dsub.add_parser("list", help="list datasets")
+    dls.add_argument("--data-root", default=None)
+
+    sp = sub.add_parser("speed", help="speed benchmark (benchmarks/speed.py); args forwarded",
+                        add_help=False)
+    sp.add_argument("args", nargs=argparse.REMAINDER)
+    return p
+
+
+def _cmd_run(a: argparse.Namespace) -> int:
+    import skipdsl
+    from skipdsl.bench import report, runner
+    from skipdsl.data import expand_datasets
+
+    models = skipdsl.list_models() if a.models in ("all", "") else _csv(a.models)
+    datasets = expand_datasets(a.datasets, a.data_root)
+    seeds = [int(s) for s in _csv(a.seeds)] or [0]
+    out = Path(a.out or f"runs/bench-{a.budget}")
+    overrides = {"epochs": a.epochs, "n": a.n, "widths": _widths(a.widths),
+                 "batch_size": a.batch_size, "lr": a.lr, "loss": a.loss, "hd95": a.hd95,
+                 "data_root": a.data_root, "cache_dir": a.cache_dir, "device": a.device}
+    trials = runner.plan(models, datasets, seeds=seeds, deep_supervision=a.ds, budget=a.budget,
+                         overrides=overrides)
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    console.print(f"{len(trials)} trials: models {', '.join(models)}; datasets "
+                  f"{', '.join(datasets)}; seeds {seeds}; DS {a.ds}; budget {a.budget}; "
+                  f"backend {a.backend}" + (f" at {a.address}" if a.address else ""),
+                  highlight=False)
+    summary = runner.run_sweep(trials, out, backend=a.backend, address=a.address,
+                               cpus_per_trial=a.cpus_per_trial, gpus_per_trial=a.gpus_per_trial,
+                               num_cpus=a.num_cpus, retry_failed=a.retry_failed,
+                               progress=not a.no_progress, verbose=a.verbose, console=console)
+    if not a.no_report:
+        path = report.build_report(out)
+        console.print(f"report: {path}", highlight=False)
+    console.print(f"{len(summary.ran)} ran ({len(summary.failed)} failed), "
+                  f"{len(summary.skipped)} skipped, {summary.seconds:.0f} s; results: "
+                  f"{out / 'results.csv'}", highlight=False)
+    return 1 if (a.strict and summary.failed) else 0
+
+
+def _cmd_list(a: argparse.Namespace) -> int:
+    import skipdsl
+    from skipdsl.data import list_datasets
+
+    print("models:")
+    for m in skipdsl.list_models():
+        spec = skipdsl.load(m)
+        print(f"  {m:<12} {spec.description}")
+    print("datasets:")
+    for d in list_datasets(a.data_root):
+        print(f"  {d}")
+    return 0
+
+
+def _load_speed():
+    """``benchmarks/speed.py``'s module: importable, or from the repository next to the package."""
+    try:
+        return importlib.import_module("benchmarks.speed")
+    except ImportError:
+        pass
+    for root in (Path.cwd(), Path(__file__).resolve().parents[2]):
+        path = root / "benchmarks" / "speed.py"
+        if path.is_file():
+            spec = importlib.util.spec_from_file_location("skipdsl_benchmarks_speed", path)
+            mod = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(mod)  # type: ignore[union-attr]
+            return mod
+    return None
+
+
+def _cmd_speed(args: list[str]) -> int:
+    mod = _load_speed()
+    if mod is None or not hasattr(mod, "main"):
+        print("bench speed: benchmarks/speed.py (with main(argv)) was not found; run it from "
+              "the repository root", file=sys.stderr)
+        return 2
+    rc = mod.main(args)
+    return int(rc or 0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``bench`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "speed":  # forward everything, --help included
+        return _cmd_speed(argv[1:])
+    a = build_parser().parse_args(argv)
+    from skipdsl.errors import DataError, SpecError
+
+    try:
+        if a.cmd == "run":
+            return _cmd_run(a)
+        if a.cmd == "report":
+            from skipdsl.bench.report import build_report
+
+            print(build_report(a.out, plots=not a.no_plots))
+            return 0
+        if a.cmd == "list" or (a.cmd == "datasets" and a.dcmd == "list"):
+            return _cmd_list(a) if a.cmd == "list" else _list_datasets(a)
+        if a.cmd == "datasets" and a.dcmd == "show":
+            from skipdsl.data import show
+
+            print(show(a.name, a.out, n=a.n, root=a.data_root) or a.out)
+            return 0
+    except (SpecError, DataError, ValueError, FileNotFoundError) as err:
+        print(f"bench {a.cmd}: error: {err}", file=sys.stderr)
+        return 2
+    return 2
+
+
+def _list_datasets(a: argparse.Namespace) -> int:
+    from skipdsl.data import list_datasets
+
+    for d in list_datasets(a.data_root):
+        print(d)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,374 @@
+"""``OUT/report.md`` and plots, rebuilt from the result store alone (``bench report OUT``).
+
+- Table 1 in the UNet# paper's layout: one row per model, its parameter count, and per dataset
+  the test IoU (%) mean +- std without and with deep supervision. Per-case values of every seed
+  are pooled and aggregated by the one empty-case rule of :mod:`skipdsl.train.metrics`.
+- Dice, HD95 and false positives on empty images; costs (params, GFLOPs, images/s, training
+  time); pruning levels when the sweep measured them; failed trials with their reasons.
+- Plots in ``OUT/plots/``: IoU box plots per dataset, validation curves per dataset,
+  image / ground truth / prediction overlays per model, pruning levels (params, images/s, IoU).
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import store
+
+__all__ = ["build_report", "table1"]
+
+
+def _fmt_params(p: Any) -> str:
+    try:
+        p = float(p)
+    except (TypeError, ValueError):
+        return "-"
+    if not math.isfinite(p) or p <= 0:
+        return "-"
+    return f"{p / 1e6:.2f}M" if p >= 1e5 else f"{p / 1e3:.1f}K"
+
+
+def _pm(mean: float, std: float, scale: float = 100.0, digits: int = 2) -> str:
+    if mean is None or not math.isfinite(mean):
+        return "-"
+    s = f"{mean * scale:.{digits}f}"
+    if std is not None and math.isfinite(std):
+        s += f" ± {std * scale:.{digits}f}"
+    return s
+
+
+def _group_metrics(cases, results_ok) -> dict[tuple, dict[str, float]]:
+    """(model, dataset, ds) -> aggregate over the pooled per-case rows of every seed."""
+    from skipdsl.train.metrics import aggregate
+
+    out: dict[tuple, dict[str, float]] = {}
+    if len(cases):
+        ok_keys = {r["trial_key"] for r in results_ok}
+        cases = cases[cases["trial_key"].isin(ok_keys)]
+        for (m, d, ds), df in cases.groupby(["model", "dataset", "deep_supervision"], sort=True):
+            out[(m, d, bool(ds))] = aggregate(df)
+    return out
+
+
+def table1(results: list[dict[str, Any]], cases) -> tuple[str, list[str], list[str]]:
+    """The Table 1 markdown (IoU % mean ± std per model x dataset, no DS / DS) and its axes."""
+    ok = [r for r in results if r.get("status") == "ok"]
+    models = sorted({r["model"] for r in results if r.get("model")})
+    datasets = sorted({r["dataset"] for r in results if r.get("dataset")})
+    ds_any = {(r["model"], r["dataset"]) for r in ok if r.get("deep_supervision")}
+    show_ds = bool(ds_any)
+    agg = _group_metrics(cases, ok)
+    head = ["Architecture", "Params"]
+    for d in datasets:
+        head += [f"{d} (no DS)", f"{d} (DS)"] if show_ds else [d]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m in models:
+        params = sorted({int(r["params"]) for r in ok if r["model"] == m and r.get("params")})
+        p = ("-" if not params else _fmt_params(params[0]) if len(params) == 1
+             else f"{_fmt_params(params[0])}–{_fmt_params(params[-1])}")
+        row = [m, p]
+        for d in datasets:
+            for ds in ((False, True) if show_ds else (False,)):
+                a = agg.get((m, d, ds))
+                row.append(_pm(a["iou"], a["iou_std"]) if a else "-")
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines), models, datasets
+
+
+def _metric_table(agg: dict, models: list[str], datasets: list[str], key: str, scale: float,
+                  digits: int, with_std: str | None = None) -> str:
+    head = ["Architecture", "DS"] + datasets
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m in models:
+        for ds in (False, True):
+            if not any((m, d, ds) in agg for d in datasets):
+                continue
+            row = [m, "on" if ds else "off"]
+            for d in datasets:
+                a = agg.get((m, d, ds))
+                row.append(_pm(a[key], a[with_std] if with_std else None, scale, digits)
+                           if a else "-")
+            lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def _cost_table(results: list[dict[str, Any]]) -> str:
+    head = ["Architecture", "DS", "Dataset", "Params", "GFLOPs/img", "Images/s (infer)",
+            "Train s", "Epochs", "Device"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in results:
+        if r.get("status") != "ok" or int(r.get("seed") or 0) != min(
+                int(x.get("seed") or 0) for x in results
+                if x.get("model") == r.get("model") and x.get("dataset") == r.get("dataset")):
+            continue
+        gf, ips, ts = (r.get(k) for k in ("gflops", "images_per_s", "train_seconds"))
+        lines.append("| " + " | ".join([
+            str(r["model"]), "on" if r.get("deep_supervision") else "off", str(r["dataset"]),
+            _fmt_params(r.get("params")), f"{gf:.3f}" if gf is not None else "-",
+            f"{ips:.1f}" if ips is not None else "-", f"{ts:.0f}" if ts is not None else "-",
+            str(r.get("epochs", "-")), str(r.get("device", "-"))]) + " |")
+    return "\n".join(lines)
+
+
+def _pruning_table(results: list[dict[str, Any]]) -> str:
+    rows = [(r, p) for r in results if r.get("status") == "ok" for p in r.get("pruning") or []]
+    if not rows:
+        return ""
+    head = ["Architecture", "Dataset", "Seed", "Level", "Params", "Images/s", "IoU %"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r, p in rows:
+        iou = p.get("iou")
+        lines.append("| " + " | ".join([
+            str(r["model"]), str(r["dataset"]), str(r.get("seed")), f"L{p['level']}",
+            _fmt_params(p.get("params")), f"{p.get('images_per_s') or 0:.1f}",
+            f"{iou * 100:.2f}" if iou is not None else "-"]) + " |")
+    return "\n".join(lines)
+
+
+# -- plots ----------------------------------------------------------------------------------
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _label(model: str, ds: bool) -> str:
+    return f"{model}{' +DS' if ds else ''}"
+
+
+def _box_plots(cases, plots: Path) -> list[Path]:
+    plt = _plt()
+    files = []
+    for d, df in cases.groupby("dataset", sort=True):
+        groups, labels = [], []
+        for (m, ds), g in df.groupby(["model", "deep_supervision"], sort=True):
+            v = g["iou"].to_numpy(dtype=float)
+            v = v[~np.isnan(v)]
+            if v.size:
+                groups.append(v)
+                labels.append(_label(m, bool(ds)))
+        if not groups:
+            continue
+        fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(groups), 3.6))
+        ax.boxplot(groups, showmeans=True)
+        ax.set_xticks(range(1, len(labels) + 1), labels, rotation=30, ha="right")
+        ax.set_ylabel("test IoU per case")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(f"{d}")
+        ax.grid(axis="y", alpha=0.3)
+        fig.tight_layout()
+        files.append(plots / f"iou_box_{d}.png")
+        _save(fig, files[-1])
+    return files
+
+
+def _curve_plots(curves, plots: Path) -> list[Path]:
+    plt = _plt()
+    files = []
+    if not len(curves):
+        return files
+    for d, df in curves.groupby("dataset", sort=True):
+        fig, ax = plt.subplots(figsize=(5.5, 3.6))
+        for (m, ds), g in df.groupby(["model", "deep_supervision"], sort=True):
+            mean = g.groupby("epoch")["val_iou"].mean()
+            ax.plot(mean.index + 1, mean.to_numpy(), marker="o", ms=3, label=_label(m, bool(ds)))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("validation IoU (mean over seeds)")
+        ax.set_title(d)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        files.append(plots / f"curves_{d}.png")
+        _save(fig, files[-1])
+    return files
+
+
+def _show_image(img: np.ndarray) -> np.ndarray:
+    img = img.astype(np.float32)
+    img = img[:3] if img.shape[0] >= 3 else img[:1]
+    lo, hi = np.percentile(img, 1), np.percentile(img, 99)
+    img = np.clip((img - lo) / max(hi - lo, 1e-6), 0, 1)
+    return np.moveaxis(img, 0, -1) if img.shape[0] == 3 else img[0]
+
+
+def _mask_rgba(mask: np.ndarray) -> np.ndarray:
+    """(K, H, W) binary -> RGBA overlay, one colour per channel."""
+    colours = np.array([[1, 0.2, 0.2], [0.2, 1, 0.2], [0.3, 0.5, 1], [1, 1, 0.2]], np.float32)
+    rgba = np.zeros(mask.shape[1:] + (4,), np.float32)
+    for k in range(mask.shape[0]):
+        on = mask[k] > 0.5
+        rgba[on, :3] = colours[k % len(colours)]
+        rgba[on, 3] = 0.45
+    return rgba
+
+
+def _overlay_plots(out: Path, results: list[dict[str, Any]], plots: Path,
+                   per_row: int = 2) -> list[Path]:
+    plt = _plt()
+    files = []
+    ok = [r for r in results if r.get("status") == "ok"]
+    for m in sorted({r["model"] for r in ok}):
+        chosen = {}
+        for r in sorted(ok, key=lambda r: (bool(r.get("deep_supervision")), r.get("seed") or 0)):
+            if r["model"] == m and r["dataset"] not in chosen:
+                s = store.load_samples(out, r["trial_key"])
+                if s is not None and len(s.get("image", [])):
+                    chosen[r["dataset"]] = (r, s)
+        if not chosen:
+            continue
+        rows = len(chosen)
+        fig, axes = plt.subplots(rows, 3 * per_row, figsize=(2.0 * 3 * per_row, 2.1 * rows),
+                                 squeeze=False)
+        for row, (d, (r, s)) in enumerate(sorted(chosen.items())):
+            for j in range(per_row):
+                cols = axes[row, 3 * j:3 * j + 3]
+                for ax in cols:
+                    ax.axis("off")
+                if j >= len(s["image"]):
+                    continue
+                img = _show_image(s["image"][j])
+                cmap = None if img.ndim == 3 else "gray"
+                cols[0].imshow(img, cmap=cmap)
+                cols[1].imshow(img, cmap=cmap)
+                cols[1].imshow(_mask_rgba(s["target"][j]))
+                cols[2].imshow(img, cmap=cmap)
+                cols[2].imshow(_mask_rgba(s["prob"][j].astype(np.float32) > 0.5))
+                if row == 0:
+                    cols[0].set_title("image", fontsize=8)
+                    cols[1].set_title("ground truth", fontsize=8)
+                    cols[2].set_title("prediction", fontsize=8)
+            axes[row, 0].text(-0.08, 0.5, f"{d}", transform=axes[row, 0].transAxes,
+                              rotation=90, va="center", ha="right", fontsize=8)
+        fig.suptitle(f"{m}: test images, ground truth and prediction", fontsize=10)
+        fig.tight_layout()
+        files.append(plots / f"overlay_{m}.png")
+        _save(fig, files[-1])
+    return files
+
+
+def _pruning_plot(results: list[dict[str, Any]], plots: Path) -> list[Path]:
+    rows = [(r, p) for r in results if r.get("status") == "ok" for p in r.get("pruning") or []]
+    if not rows:
+        return []
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    series: dict[tuple, list] = {}
+    for r, p in rows:
+        series.setdefault((r["model"], r["dataset"]), []).append(p)
+    for (m, d), ps in sorted(series.items()):
+        ps = sorted(ps, key=lambda p: p["level"])
+        lv = [p["level"] for p in ps]
+        for ax, key in zip(axes, ("params", "images_per_s", "iou")):
+            ax.plot(lv, [p.get(key) if p.get(key) is not None else np.nan for p in ps],
+                    marker="o", label=f"{m} / {d}")
+    for ax, title in zip(axes, ("parameters", "inference images/s", "test IoU")):
+        ax.set_xlabel("pruning level (head x_0_L)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[0].set_yscale("log")
+    axes[2].legend(fontsize=7)
+    fig.tight_layout()
+    path = plots / "pruning.png"
+    _save(fig, path)
+    return [path]
+
+
+def _save(fig, path: Path) -> None:
+    """Save a figure atomically (temporary file + os.replace)."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    _plt().close(fig)
+    store.atomic_write_bytes(path, buf.getvalue())
+
+
+# -- report ---------------------------------------------------------------------------------
+
+
+def build_report(out: str | os.PathLike, *, plots: bool = True) -> Path:
+    """Rebuild ``results.csv``, ``report.md`` and ``plots/`` in ``out`` from its trials."""
+    from skipdsl.train.metrics import empty_rule
+
+    out = Path(out)
+    store.write_tables(out)
+    results = store.load_results(out)
+    cases = store.load_cases(out, results)
+    curves = store.load_curves(results)
+    ok = [r for r in results if r.get("status") == "ok"]
+    failed = [r for r in results if r.get("status") != "ok"]
+    table, models, datasets = table1(results, cases)
+    agg = _group_metrics(cases, ok)
+    budgets = sorted({str(r.get("budget")) for r in results})
+    seeds = sorted({int(r.get("seed") or 0) for r in results})
+
+    files: list[Path] = []
+    if plots and results:
+        pdir = out / "plots"
+        files += _box_plots(cases[cases["trial_key"].isin({r["trial_key"] for r in ok})]
+                            if len(cases) else cases, pdir)
+        files += _curve_plots(curves, pdir)
+        files += _overlay_plots(out, results, pdir)
+        files += _pruning_plot(results, pdir)
+
+    md = [
+        "# skipdsl benchmark report",
+        "",
+        f"{len(results)} trials ({len(ok)} ok, {len(failed)} failed); budget "
+        f"{', '.join(budgets) or '-'}; seeds {', '.join(map(str, seeds)) or '-'}. "
+        "Rebuild with `bench report " + str(out) + "`.",
+        "",
+        "## Table 1: test IoU (%), mean ± std over cases (all seeds pooled)",
+        "",
+        "Layout of the UNet# paper's Table 1. Params: the inference network (main head only) as "
+        "trained on these datasets' channels and widths (a range when they differ).",
+        "",
+        table,
+        "",
+        "## Dice (%), mean ± std",
+        "",
+        _metric_table(agg, models, datasets, "dice", 100, 2, "dice_std"),
+        "",
+        "## HD95 (voxels; when measured)",
+        "",
+        _metric_table(agg, models, datasets, "hd95", 1, 2),
+        "",
+        "## False positives on empty images (fraction of empty-ground-truth cases with any "
+        "predicted foreground)",
+        "",
+        _metric_table(agg, models, datasets, "fp_empty", 1, 3),
+        "",
+        "## Costs (first seed)",
+        "",
+        _cost_table(results),
+        "",
+    ]
+    prune = _pruning_table(results)
+    if prune:
+        md += ["## Pruning levels (deep-supervision models, sub-network feeding head x_0_L)", "",
+               prune, ""]
+    if failed:
+        md += ["## Failed trials", "", "| Model | Dataset | Seed | DS | Reason |",
+               "|---|---|---|---|---|"]
+        for r in failed:
+            reason = str(r.get("reason", "")).replace("|", "\\|").replace("\n", " ")
+            md.append(f"| {r.get('model')} | {r.get('dataset')} | {r.get('seed')} | "
+                      f"{'on' if r.get('deep_supervision') else 'off'} | {reason} |")
+        md.append("")
+    md += ["## Empty-case rule", "", empty_rule(), ""]
+    if files:
+        md += ["## Plots", ""]
+        md += [f"![{p.stem}](plots/{p.name})" for p in files]
+        md.append("")
+    path = out / "report.md"
+    store.atomic_write_text(path, "\n".join(md))
+    return path

@@ -1,0 +1,382 @@
+"""The benchmark sweep: one trial per (model, dataset, seed, deep supervision), on Ray Tune.
+
+- :func:`plan` turns models x datasets x seeds x DS modes into :class:`Trial` s, each keyed by a
+  hash of its spec, dataset, budget, seed, DS flag and result-changing overrides.
+- :func:`run_sweep` skips the trials already in the store, runs the others on Ray Tune (a local
+  Ray by default, an existing cluster with ``address``) or one after the other in this process
+  (``backend='local'``, for debugging), and stores each result the moment it arrives (atomic
+  writes; ``results.csv`` is rebuilt after every trial), so killing a run loses no finished trial.
+- A diverging trial (NaN loss) or one that raises is stored with ``status='failed'`` and its
+  ``reason``; the sweep goes on. Re-running skips failed trials too (they are deterministic),
+  unless ``retry_failed=True``.
+
+Ray is imported only inside :func:`run_sweep` (``import skipdsl`` stays light).
+"""
+from __future__ import annotations
+
+import math
+import os
+import socket
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from . import store
+
+__all__ = ["Trial", "SweepSummary", "plan", "run_sweep", "run_trial", "DS_MODES"]
+
+DS_MODES = ("off", "on", "both")
+
+#: Trainer config keys that change a result (part of the trial key); the rest (device,
+#: threads, cache_dir, data_root...) only say where and how fast it runs.
+RESULT_KEYS = ("epochs", "n", "widths", "batch_size", "lr", "weight_decay", "eta_min", "loss",
+               "loss_kwargs", "cgm", "augment", "data_seed", "hd95", "threshold")
+
+
+@dataclass
+class Trial:
+    """One planned trial: its store ``key``, a readable ``label`` and the trainer ``config``."""
+
+    key: str
+    label: str
+    config: dict[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"key": self.key, "label": self.label, "config": self.config}
+
+
+@dataclass
+class SweepSummary:
+    """What a sweep did: trial keys run, skipped (already stored) and failed."""
+
+    planned: int = 0
+    skipped: list[str] = field(default_factory=list)
+    ran: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _model_ref(model: str) -> tuple[Any, Any]:
+    """(value for the trainer config, Spec): zoo names stay names, files become spec dicts.
+
+    A spec file is sent as its content, so Ray workers on other machines (or another working
+    directory) need not see the file.
+    """
+    from skipdsl.train.trainer import load_spec
+
+    spec = load_spec(model)
+    p = Path(str(model))
+    if p.suffix in (".yaml", ".yml") or p.is_file():
+        return spec.to_dict(), spec
+    return str(model), spec
+
+
+def plan(
+    models: Sequence[str],
+    datasets: Sequence[str],
+    *,
+    seeds: Sequence[int] = (0,),
+    deep_supervision: str = "off",
+    budget: str = "smoke",
+    overrides: dict[str, Any] | None = None,
+) -> list[Trial]:
+    """The trials of a sweep, in a stable order, without duplicates.
+
+    ``deep_supervision``: 'off', 'on' or 'both'. Models with a single head (UNet) have no deep
+    supervision: they get only the DS-off trial. ``overrides`` are trainer config keys (see
+    :data:`skipdsl.train.trainer.DEFAULTS`) applied to every trial.
+    """
+    import skipdsl
+    from skipdsl.train.trainer import BUDGETS, DEFAULTS
+
+    if deep_supervision not in DS_MODES:
+        raise ValueError(f"deep_supervision must be one of {DS_MODES}, found {deep_supervision!r}")
+    if budget not in BUDGETS:
+        raise ValueError(f"unknown budget '{budget}'; valid: {', '.join(BUDGETS)}")
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    unknown = sorted(set(overrides) - set(DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown trainer setting(s) {unknown}; valid: {sorted(DEFAULTS)}")
+    for k in ("data_root", "cache_dir"):
+        if overrides.get(k):
+            overrides[k] = str(Path(overrides[k]).expanduser().resolve())
+    extra = {k: overrides.get(k) for k in RESULT_KEYS}
+    modes = {"off": [False], "on": [True], "both": [False, True]}[deep_supervision]
+    trials: dict[str, Trial] = {}
+    for m in models:
+        ref, spec = _model_ref(m)
+        h = skipdsl.spec_hash(spec)
+        ds_modes = [d for d in modes if not d or len(spec.heads) > 1]
+        for dataset in datasets:
+            for seed in seeds:
+                for ds in ds_modes:
+                    key = store.trial_key(h, dataset, budget, seed, ds, extra)
+                    label = f"{spec.name}/{dataset}/s{seed}/{'ds' if ds else 'nods'}"
+                    config = {**overrides, "model": ref, "dataset": dataset, "seed": int(seed),
+                              "deep_supervision": ds, "budget": budget}
+                    trials.setdefault(key, Trial(key, label, config))
+    return list(trials.values())
+
+
+def _failure(trial: Trial, reason: str) -> dict[str, Any]:
+    c = trial.config
+    model = c["model"] if isinstance(c["model"], str) else c["model"].get("name")
+    return {"status": "failed", "reason": reason, "model": Path(str(model)).stem
+            if isinstance(model, str) and model.endswith((".yaml", ".yml")) else model,
+            "dataset": c["dataset"], "seed": c["seed"], "deep_supervision": c["deep_supervision"],
+            "budget": c["budget"], "config": c}
+
+
+def _reason(err: BaseException) -> str:
+    tb = traceback.extract_tb(err.__traceback__)
+    where = f" ({Path(tb[-1].filename).name}:{tb[-1].lineno})" if tb else ""
+    return f"{type(err).__name__}: {err}{where}".strip()
+
+
+def run_trial(trial: Trial | dict[str, Any],
+              report: Callable[[int, float], Any] | None = None) -> dict[str, Any]:
+    """Run one trial; exceptions become a ``status='failed'`` result with the reason."""
+    from skipdsl.train.trainer import train_and_evaluate
+
+    if isinstance(trial, dict):
+        trial = Trial(**trial)
+    try:
+        result = train_and_evaluate(trial.config, report=report)
+    except Exception as err:  # the sweep goes on; the reason is recorded
+        result = _failure(trial, _reason(err))
+    result["node"] = socket.gethostname()
+    return result
+
+
+# -- progress -------------------------------------------------------------------------------
+
+
+class _Progress:
+    """Rich progress: one bar for the sweep, one per running trial (epochs)."""
+
+    def __init__(self, total: int, done: int, enabled: bool, console=None) -> None:
+        from rich.console import Console
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeElapsedColumn)
+
+        self.console = console or Console(stderr=True)
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(),
+                                 MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                                 TimeElapsedColumn(), console=self.console,
+                                 disable=not enabled, transient=False)
+        self.sweep = self.progress.add_task("sweep", total=total, completed=done, info="")
+        self.tasks: dict[str, int] = {}
+
+    def __enter__(self) -> "_Progress":
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.progress.stop()
+
+    def start(self, trial: Trial) -> None:
+        if trial.key not in self.tasks:
+            epochs = _planned_epochs(trial.config)
+            self.tasks[trial.key] = self.progress.add_task(f"  {trial.label}", total=epochs,
+                                                           info="")
+
+    def epoch(self, trial: Trial, epoch: int, val_iou: float) -> None:
+        self.start(trial)
+        self.progress.update(self.tasks[trial.key], completed=epoch + 1,
+                             info=f"val IoU {val_iou:.3f}" if val_iou == val_iou else "")
+
+    def finish(self, trial: Trial, result: dict[str, Any]) -> None:
+        task = self.tasks.pop(trial.key, None)
+        if task is not None:
+            self.progress.remove_task(task)
+        self.progress.advance(self.sweep)
+        if result.get("status") == "ok":
+            line = (f"[green]done[/] {trial.label}: IoU {result.get('iou', float('nan')):.3f}, "
+                    f"{result.get('train_seconds', 0):.0f} s")
+        else:
+            line = f"[red]failed[/] {trial.label}: {result.get('reason', '')}"
+        self.progress.console.print(line, highlight=False)
+
+
+def _planned_epochs(config: dict[str, Any]) -> int:
+    from skipdsl.train.trainer import planned_epochs
+
+    try:
+        return planned_epochs(config)
+    except Exception:  # a bad config fails in the trial, with its reason
+        return 1
+
+
+# -- sweep ----------------------------------------------------------------------------------
+
+
+def _store(out: Path, trial: Trial, result: dict[str, Any], summary: SweepSummary,
+           progress: _Progress) -> None:
+    store.save_trial(out, trial.key, result)
+    store.write_tables(out)
+    summary.ran.append(trial.key)
+    if result.get("status") != "ok":
+        summary.failed.append(trial.key)
+    progress.finish(trial, result)
+
+
+def run_sweep(
+    trials: Sequence[Trial],
+    out: str | os.PathLike,
+    *,
+    backend: str = "ray",
+    address: str | None = None,
+    cpus_per_trial: float = 1,
+    gpus_per_trial: float = 0,
+    num_cpus: int | None = None,
+    retry_failed: bool = False,
+    progress: bool = True,
+    verbose: bool = False,
+    console=None,
+) -> SweepSummary:
+    """Run the trials not yet in ``out``'s store; store each result as soon as it arrives.
+
+    ``backend``: 'ray' (Ray Tune; a new local Ray with ``num_cpus`` CPUs, default all cores,
+    unless ``address`` names a running cluster to join) or 'local' (sequential, no Ray).
+    ``gpus_per_trial`` may be fractional (0.25 packs four trials on one GPU);
+    ``cpus_per_trial`` also sets the torch threads of a trial.
+    """
+    if backend not in ("ray", "local"):
+        raise ValueError(f"backend must be 'ray' or 'local', found {backend!r}")
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    done = store.finished(out)
+    skip = {k for k, s in done.items() if s == "ok" or not retry_failed}
+    pending = [t for t in trials if t.key not in skip]
+    summary = SweepSummary(planned=len(trials), skipped=[t.key for t in trials if t.key in skip])
+    threads = max(1, int(math.ceil(cpus_per_trial)))
+    for t in pending:
+        t.config.setdefault("threads", threads)
+    with _Progress(len(trials), len(summary.skipped), progress, console) as prog:
+        if summary.skipped:
+            prog.console.print(f"{len(summary.skipped)} of {len(trials)} trials already in "
+                               f"{out}: skipped", highlight=False)
+        if pending and backend == "local":
+            for t in pending:
+                prog.start(t)
+                result = run_trial(t, report=lambda e, v, t=t: prog.epoch(t, e, v))
+                _store(out, t, result, summary, prog)
+        elif pending:
+            _run_ray(pending, out, summary, prog, address=address, cpus_per_trial=cpus_per_trial,
+                     gpus_per_trial=gpus_per_trial, num_cpus=num_cpus, verbose=verbose)
+    store.write_tables(out)
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _ray_trainable(config: dict[str, Any]) -> None:
+    """The Ray Tune function trainable: intermediate (epoch, val_iou), then the whole result."""
+    from ray import tune
+
+    trial = Trial(**config["trial"])
+
+    def report(epoch: int, val_iou: float) -> None:
+        tune.report({"epoch": epoch, "val_iou": val_iou})
+
+    result = run_trial(trial, report=report)
+    try:
+        import ray
+
+        result["node"] = ray.get_runtime_context().get_node_id()
+    except Exception:
+        pass
+    tune.report({"epoch": result.get("epochs", 0), "val_iou": float("nan"),
+                 "trial_payload": result})
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def _run_ray(pending: list[Trial], out: Path, summary: SweepSummary, prog: _Progress, *,
+             address: str | None, cpus_per_trial: float, gpus_per_trial: float,
+             num_cpus: int | None, verbose: bool) -> None:
+    import logging
+
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    import ray
+    from ray import tune
+
+    by_key = {t.key: t for t in pending}
+    stored: set[str] = set()
+
+    class StoreCallback(tune.Callback):
+        def on_trial_start(self, iteration, trials, trial, **info):
+            prog.start(by_key[trial.config["trial"]["key"]])
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            t = by_key[trial.config["trial"]["key"]]
+            payload = result.get("trial_payload")
+            if payload is None:
+                prog.epoch(t, int(result.get("epoch", 0)), float(result.get("val_iou", 0.0)))
+            elif t.key not in stored:
+                stored.add(t.key)
+                _store(out, t, payload, summary, prog)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            t = by_key[trial.config["trial"]["key"]]
+            if t.key in stored:
+                return
+            stored.add(t.key)
+            reason = "trial process died"
+            try:
+                err = trial.get_error()
+                if err is not None:
+                    reason = str(err).strip().splitlines()[-1][:500]
+            except Exception:
+                pass
+            _store(out, t, _failure(t, reason), summary, prog)
+
+    # workers must import skipdsl: installed, or through PYTHONPATH (same machine / shared fs)
+    pkg_root = str(Path(__file__).resolve().parents[2])
+    env = {"PYTHONPATH": os.pathsep.join(p for p in (pkg_root, os.environ.get("PYTHONPATH"))
+                                         if p),
+           "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}
+    started = False
+    if not ray.is_initialized():
+        kw = dict(runtime_env={"env_vars": env}, log_to_driver=verbose,
+                  logging_level=logging.INFO if verbose else logging.WARNING)
+        if address:
+            ray.init(address=address, **kw)
+        else:
+            import torch
+
+            ray.init(address="local", num_cpus=num_cpus or _cpu_count(),
+                     num_gpus=torch.cuda.device_count() if gpus_per_trial else 0,
+                     include_dashboard=False, **kw)
+        started = True
+    try:
+        trainable = tune.with_resources(_ray_trainable,
+                                        {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"trial": tune.grid_search([t.as_dict() for t in pending])},
+            tune_config=tune.TuneConfig(
+                num_samples=1, reuse_actors=False,
+                trial_name_creator=lambda tr: tr.config["trial"]["label"],
+                trial_dirname_creator=lambda tr: tr.config["trial"]["key"]),
+            run_config=tune.RunConfig(
+                name=time.strftime("sweep-%Y%m%d-%H%M%S"),
+                storage_path=str(out / ".tune"),
+                verbose=1 if verbose else 0,
+                callbacks=[StoreCallback()],
+                failure_config=tune.FailureConfig(max_failures=0),
+                log_to_file=True,
+            ),
+        )
+        tuner.fit()
+    finally:
+        if started:
+            ray.shutdown()

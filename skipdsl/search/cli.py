@@ -1,0 +1,191 @@
+"""``skipdsl search run|report|space``: architecture search over a space of skip topologies.
+
+    skipdsl search run [--space FILE] --dataset NAME --trials N --budget smoke|short|paper \\
+        --out DIR [--backend optuna|ray] [--storage URL]
+    skipdsl search report DIR
+    skipdsl search space [FILE]
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from typing import Sequence
+
+from ..errors import DataError, SpecError
+
+
+def _positive_int(v: str) -> int:
+    n = int(v)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, found {n}")
+    return n
+
+
+def add_subparsers(sub) -> None:
+    """Add ``run``, ``report`` and ``space`` to an argparse subparsers object."""
+    from .objective import DEFAULT_TRAINER, OBJECTIVES
+
+    r = sub.add_parser("run", help="run (or resume) a search; writes trials.csv, pareto/, "
+                       "pareto.png, report.md under --out",
+                       description="Run or resume an architecture search. Re-running the same "
+                       "command resumes the study until it holds --trials trials.")
+    r.add_argument("--space", default=None,
+                   help="space file or shipped space name (default: 'default', the UNet# grid "
+                   "superset)")
+    r.add_argument("--dataset", required=True, help="dataset name (skipdsl.data.list_datasets)")
+    r.add_argument("--trials", type=_positive_int, required=True,
+                   help="trials the study should hold (all workers together)")
+    r.add_argument("--budget", default="smoke", choices=("smoke", "short", "paper"))
+    r.add_argument("--out", required=True, help="output folder (and SQLite study by default)")
+    r.add_argument("--backend", default="optuna", choices=("optuna", "ray"))
+    r.add_argument("--storage", default=None,
+                   help="study database URL, e.g. postgresql://user:pass@host:5432/db, shared "
+                   "by parallel workers (default: sqlite:///OUT/study.db)")
+    r.add_argument("--study", default=None, help="study name (default: from space, dataset, "
+                   "budget and seed)")
+    r.add_argument("--objectives", default="iou,params,latency",
+                   help=f"comma list from {', '.join(OBJECTIVES)} (default iou,params,latency); "
+                   "one objective uses TPE, several NSGA-II")
+    r.add_argument("--sampler", default="auto", choices=("auto", "nsga2", "tpe", "random"))
+    r.add_argument("--population", type=_positive_int, default=8,
+                   help="NSGA-II population size (default 8)")
+    r.add_argument("--sampler-seed", type=int, default=None,
+                   help="sampler seed (default: random, so parallel workers sample differently)")
+    r.add_argument("--seed", type=int, default=0, help="training seed of every trial")
+    r.add_argument("--prune", default="median", choices=("median", "none"),
+                   help="prune poor trials on validation IoU (median rule; ASHA with Ray)")
+    r.add_argument("--prune-warmup", type=int, default=2, help="epochs before pruning (2)")
+    r.add_argument("--prune-min-trials", type=int, default=4,
+                   help="finished trials before pruning starts (4)")
+    r.add_argument("--width-scale", type=float, default=None,
+                   help="train at the space's widths x this (default: the space's value for "
+                   "the budget: smoke 0.25, short 0.5, paper 1)")
+    r.add_argument("--no-zoo", action="store_true",
+                   help="do not queue the zoo models (the front's reference points) first")
+    r.add_argument("--epochs", type=_positive_int, default=None, help="override the budget's")
+    r.add_argument("--n", type=_positive_int, default=None,
+                   help="images per dataset (override the budget's)")
+    r.add_argument("--data-root", default=None, help="folder of the real datasets")
+    r.add_argument("--threads", type=_positive_int, default=None,
+                   help="torch CPU threads per trial")
+    r.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1 ...")
+    r.add_argument("--latency-size", type=_positive_int, default=None,
+                   help="image side for the latency objective (default 96 in 2D, 64 in 3D)")
+    r.add_argument("--latency-iters", type=_positive_int, default=20,
+                   help="timed forward passes per latency measurement (median; default 20)")
+    r.add_argument("--trainer", default=DEFAULT_TRAINER,
+                   help="module:function with train_and_evaluate's signature")
+    g = r.add_argument_group("ray backend")
+    g.add_argument("--address", default=None, help="Ray cluster address (default: a local Ray)")
+    g.add_argument("--num-cpus", type=_positive_int, default=None,
+                   help="CPUs of the local Ray (default: all)")
+    g.add_argument("--cpus-per-trial", type=float, default=1)
+    g.add_argument("--gpus-per-trial", type=float, default=0,
+                   help="fractional GPUs per trial, e.g. 0.25 (memory capped to that share)")
+    r.set_defaults(search_func=_run)
+
+    p = sub.add_parser("report", help="rebuild trials.csv, pareto/, pareto.png, report.md of DIR")
+    p.add_argument("dir")
+    p.add_argument("--storage", default=None,
+                   help="study URL when it holds a password (not stored in DIR/search.json)")
+    p.set_defaults(search_func=_report)
+
+    s = sub.add_parser("space", help="show a search space: its dimensions, size, zoo points")
+    s.add_argument("space", nargs="?", default=None)
+    s.set_defaults(search_func=_space)
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False,
+                   width=None if sys.stderr.isatty() else 140)
+
+
+def _run(args) -> int:
+    from .runner import run_search
+
+    con = _console()
+    overrides = {"epochs": args.epochs, "n": args.n, "data_root": args.data_root,
+                 "threads": args.threads, "device": args.device}
+    summary = run_search(
+        dataset=args.dataset, trials=args.trials, out=args.out, space=args.space,
+        budget=args.budget, seed=args.seed,
+        objectives=[o.strip() for o in args.objectives.split(",") if o.strip()],
+        backend=args.backend, storage=args.storage, study_name=args.study,
+        sampler=args.sampler, population=args.population, sampler_seed=args.sampler_seed,
+        prune=args.prune, prune_warmup=args.prune_warmup,
+        prune_min_trials=args.prune_min_trials, width_scale=args.width_scale,
+        zoo=not args.no_zoo, trainer=args.trainer, overrides=overrides,
+        latency_size=args.latency_size,
+        latency_iters=args.latency_iters, address=args.address,
+        cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+        num_cpus=args.num_cpus, command=_command(), log=con.print)
+    states = ", ".join(f"{k} {v}" for k, v in sorted(summary.states.items()))
+    con.print(f"[green]done[/]: {summary.ran} trial(s) run here, study holds "
+              f"{summary.finished} ({states}); {summary.seconds:.0f} s")
+    return 0
+
+
+def _command() -> str:
+    """The command line as typed, with any password in a URL hidden."""
+    from .study import redact
+
+    argv = ["skipdsl"] + sys.argv[1:] if sys.argv else ["skipdsl"]
+    return " ".join(shlex.quote(redact(a) if "://" in a else a) for a in argv)
+
+
+def _report(args) -> int:
+    from .runner import report
+
+    files = report(args.dir, storage=args.storage)
+    _console().print("wrote " + ", ".join(str(p) for p in files.values()))
+    return 0
+
+
+def _space(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .space import load_space
+    from .study import zoo_points
+
+    sp = load_space(args.space)
+    t = Table(title=f"search space '{sp.name}' ({sp.source}): {sp.size()} points")
+    t.add_column("parameter")
+    t.add_column("choices")
+    for name, ch in sp.dimensions():
+        t.add_row(name, ", ".join(str(c) for c in ch))
+    con = Console()
+    con.print(t)
+    zoo = zoo_points(sp)
+    con.print(f"zoo models in it: {', '.join(zoo) or 'none'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="skipdsl search",
+                                description="Architecture search over skip topologies.")
+    sub = p.add_subparsers(dest="command", required=True)
+    add_subparsers(sub)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``skipdsl search ...``; user errors print one message and return 2."""
+    from .study import SearchError
+
+    args = build_parser().parse_args(list(argv) if argv is not None else None)
+    try:
+        return int(args.search_func(args) or 0)
+    except (SpecError, DataError, SearchError, ValueError) as e:
+        _console().print(f"[red]error[/red] {e}")
+        return 2
+    except KeyboardInterrupt:
+        _console().print("interrupted: re-run the same command to resume the study")
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

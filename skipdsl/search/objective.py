@@ -1,0 +1,296 @@
+"""One search trial: a point -> the spec it measures -> cache lookup or training -> objectives.
+
+Shared by both backends (Optuna in this process, Ray Tune workers):
+
+- :func:`prepare` builds and validates the point's spec, scales it to the budget's widths and
+  computes its canonical hash and cache key (``SpecError`` for an invalid point);
+- :func:`find_cached` finds a finished trial of the study with the same key (same network by
+  canonical hash, same dataset, budget, seed, deep supervision, CGM, loss and trainer settings);
+- :func:`evaluate` trains it with the trainer (``train_and_evaluate`` or any function of the
+  same signature), forwarding each epoch's validation IoU to ``report``, then measures latency,
+  and returns the trial's record (:data:`RECORD_KEYS`).
+
+Objectives (:data:`OBJECTIVES`): ``iou`` = the best validation IoU over the epochs (the test IoU
+is recorded as ``test_iou`` but never optimised: selecting on the test split would leak it),
+``params`` = parameters of the inference network in millions, ``latency`` = median time of one
+forward pass of one image (batch 1, eval mode, no grad) in ms on the trial's device, ``gflops``.
+"""
+from __future__ import annotations
+
+import importlib
+import math
+import os
+import socket
+import statistics
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ..errors import SpecError
+from ..spec import Spec
+from .space import SearchSpace, scale_spec
+
+DEFAULT_TRAINER = "skipdsl.train.trainer:train_and_evaluate"
+
+
+@dataclass(frozen=True)
+class Objective:
+    name: str
+    key: str  # the record key holding its value
+    direction: str  # "maximize" | "minimize"
+    label: str
+
+
+OBJECTIVES: dict[str, Objective] = {
+    "iou": Objective("iou", "iou", "maximize", "validation IoU (best epoch)"),
+    "params": Objective("params", "params_m", "minimize", "parameters (M)"),
+    "latency": Objective("latency", "latency_ms", "minimize", "latency (ms / image, batch 1)"),
+    "gflops": Objective("gflops", "gflops", "minimize", "GFLOPs / image"),
+}
+
+#: What a finished trial records (Optuna user attributes; columns of trials.csv).
+RECORD_KEYS = ("iou", "test_iou", "dice", "params", "params_m", "latency_ms", "gflops",
+               "images_per_s", "epochs", "best_epoch", "train_seconds", "curve")
+
+#: Trainer settings that change a result (they go into the cache key).
+RESULT_OVERRIDES = ("epochs", "n", "batch_size", "lr", "weight_decay", "augment", "data_seed")
+
+
+@dataclass
+class SearchConfig:
+    """How every trial of a study is evaluated (the same for all its workers)."""
+
+    dataset: str
+    budget: str = "smoke"
+    seed: int = 0
+    objectives: tuple[str, ...] = ("iou", "params", "latency")
+    width_scale: float = 1.0
+    trainer: str = DEFAULT_TRAINER
+    overrides: dict[str, Any] = field(default_factory=dict)  # trainer config keys
+    prune: str = "median"  # "median" | "none"
+    prune_warmup: int = 2  # epochs before the first pruning decision
+    prune_min_trials: int = 4  # finished trials needed before pruning starts
+    latency_size: int | None = None  # default: 96 (2D) / 64 (3D)
+    latency_iters: int = 20
+
+    def __post_init__(self) -> None:
+        self.objectives = tuple(self.objectives)
+        unknown = [o for o in self.objectives if o not in OBJECTIVES]
+        if unknown or not self.objectives:
+            raise ValueError(f"unknown objective(s) {unknown}; valid: {', '.join(OBJECTIVES)}")
+        if len(set(self.objectives)) != len(self.objectives):
+            raise ValueError(f"objectives repeat: {self.objectives}")
+        if self.prune not in ("median", "none"):
+            raise ValueError(f"prune must be 'median' or 'none', found {self.prune!r}")
+        if not self.width_scale > 0:
+            raise ValueError(f"width scale must be > 0, found {self.width_scale}")
+
+    @property
+    def directions(self) -> list[str]:
+        return [OBJECTIVES[o].direction for o in self.objectives]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["objectives"] = list(self.objectives)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SearchConfig":
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+@dataclass
+class Prepared:
+    """A valid point, ready to train: the nominal spec (the space's widths), the measured spec
+    (at the budget's widths), its canonical hash and its cache key."""
+
+    point: dict[str, Any]
+    nominal: Spec | None
+    spec: Spec
+    hash: str
+    key: str
+
+
+def prepare(space: SearchSpace, point: dict[str, Any], cfg: SearchConfig,
+            name: str = "search") -> Prepared:
+    """Build, validate and scale a point; raises ``SpecError`` for an invalid one."""
+    import skipdsl
+    from ..bench.store import trial_key
+
+    nominal = space.build(point, name=name)
+    spec = scale_spec(nominal, cfg.width_scale)
+    h = skipdsl.spec_hash(spec)  # expands and validates the scaled graph too
+    extra = {"cgm": _cgm_of(spec), "loss": spec.loss,
+             **{k: cfg.overrides.get(k) for k in RESULT_OVERRIDES}}
+    if cfg.trainer != DEFAULT_TRAINER:
+        extra["trainer"] = cfg.trainer
+    key = trial_key(h, cfg.dataset, cfg.budget, cfg.seed, spec.deep_supervision, extra)
+    return Prepared(point=space.complete(point), nominal=nominal, spec=spec, hash=h, key=key)
+
+
+def _cgm_of(spec: Spec) -> str | None:
+    if not spec.cgm:
+        return None
+    return ",".join(sorted({f"{h.cgm}@{h.cgm_from or h.node}" for h in spec.heads if h.cgm}))
+
+
+def find_cached(trials: list, key: str, number: int | None = None):
+    """The finished trial (``optuna.trial.FrozenTrial``) with this cache key: a complete one
+    first (its values are reused), else a pruned one; ``None`` when the key is new."""
+    from optuna.trial import TrialState
+
+    same = [t for t in trials if t.user_attrs.get("key") == key and t.number != number
+            and t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    same.sort(key=lambda t: (t.state != TrialState.COMPLETE, t.number))
+    return same[0] if same else None
+
+
+def resolve_trainer(trainer: "str | Callable") -> Callable:
+    """``"module:function"`` (or a callable) -> the trainer function."""
+    if callable(trainer):
+        return trainer
+    mod, _, fn = str(trainer).partition(":")
+    if not fn:
+        raise ValueError(f"trainer must be 'module:function', found {trainer!r}")
+    try:
+        return getattr(importlib.import_module(mod), fn)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"cannot import trainer {trainer!r}: {e}") from None
+
+
+def trainer_config(prep: Prepared, cfg: SearchConfig) -> dict[str, Any]:
+    """The trainer's config for a prepared trial: the measured spec (as a dict, so Ray workers
+    need no file) and its widths (so the budget's default widths do not replace them)."""
+    return {**cfg.overrides, "model": prep.spec.to_dict(), "dataset": cfg.dataset,
+            "seed": int(cfg.seed), "budget": cfg.budget,
+            "deep_supervision": bool(prep.spec.deep_supervision),
+            "widths": list(prep.spec.widths)}
+
+
+def reason_of(err: BaseException) -> str:
+    tb = traceback.extract_tb(err.__traceback__)
+    where = f" ({Path(tb[-1].filename).name}:{tb[-1].lineno})" if tb else ""
+    return f"{type(err).__name__}: {err}{where}".strip()
+
+
+def evaluate(prep: Prepared, cfg: SearchConfig, report: Callable[[int, float], Any] | None = None,
+             trainer: "str | Callable | None" = None) -> dict[str, Any]:
+    """Train and measure one prepared trial; returns its record with ``status`` ('ok' or
+    'failed') and ``reason``. A pruner's exception raised by ``report`` propagates."""
+    from optuna import TrialPruned
+
+    fn = resolve_trainer(trainer or cfg.trainer)
+    try:
+        result = fn(trainer_config(prep, cfg), report=report)
+    except (TrialPruned, KeyboardInterrupt):
+        raise
+    except Exception as err:  # the study goes on; the reason is recorded
+        return {"status": "failed", "reason": reason_of(err)}
+    if result.get("status", "ok") != "ok":
+        return {"status": "failed", "reason": str(result.get("reason") or "trainer failed")}
+    rec = record(result)
+    try:
+        rec["latency_ms"] = measure_latency(prep.spec, result, cfg)
+    except Exception as err:
+        return {"status": "failed", "reason": "latency measurement: " + reason_of(err)}
+    rec.update(status="ok", reason="")
+    return rec
+
+
+def record(result: dict[str, Any]) -> dict[str, Any]:
+    """The search's record of a trainer result (:data:`RECORD_KEYS`)."""
+    curve = [_num(c.get("val_iou")) if isinstance(c, dict) else _num(c)
+             for c in result.get("curve") or []]
+    val = max((c for c in curve if not math.isnan(c)), default=float("nan"))
+    if math.isnan(val):
+        val = _num(result.get("val_iou", result.get("iou")))
+    params = int(result.get("params") or 0)
+    return {
+        "iou": 0.0 if math.isnan(val) else val,
+        "test_iou": _num(result.get("iou")), "dice": _num(result.get("dice")),
+        "params": params, "params_m": params / 1e6,
+        "gflops": _num(result.get("gflops")), "images_per_s": _num(result.get("images_per_s")),
+        "epochs": int(result.get("epochs") or len(curve)),
+        "best_epoch": int(result.get("best_epoch", -1)),
+        "train_seconds": _num(result.get("train_seconds")),
+        "curve": [None if math.isnan(c) else round(c, 6) for c in curve],
+    }
+
+
+def _num(v: Any) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def measure_latency(spec: Spec, result: dict[str, Any], cfg: SearchConfig) -> float:
+    """Median ms of one forward pass of one image (batch 1, eval, no grad) on the trial's device.
+
+    The network is compiled afresh from the measured spec with the dataset's channels (weights
+    do not change the time); the image side is ``cfg.latency_size`` (default 96 in 2D, 64 in 3D,
+    the sizes the datasets are resampled to). The median of ``latency_iters`` timed passes
+    after 3 warm-up passes resists the noise of other workers sharing the machine.
+    """
+    import torch
+
+    import skipdsl
+
+    dims = int(result.get("dims") or spec.dims)
+    model = skipdsl.compile(spec, dims=dims, deep_supervision=False, cgm=False,
+                            in_channels=int(result.get("in_channels") or spec.in_channels),
+                            num_classes=int(result.get("num_classes") or spec.num_classes))
+    dev = torch.device(result.get("device") or "cpu")
+    model = model.to(dev).eval()
+    size = cfg.latency_size or (96 if dims == 2 else 64)
+    x = torch.randn(1, model.spec.in_channels, *([size] * dims), device=dev)
+    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
+    times = []
+    with torch.no_grad():
+        for i in range(3 + max(1, cfg.latency_iters)):
+            sync()
+            t0 = time.perf_counter()
+            model(x)
+            sync()
+            if i >= 3:
+                times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
+
+
+def objective_values(rec: dict[str, Any], cfg: SearchConfig) -> list[float]:
+    return [float(rec[OBJECTIVES[o].key]) for o in cfg.objectives]
+
+
+def median_rule(trials: list, epoch: int, value: float, cfg: SearchConfig) -> str | None:
+    """The pruning decision for multi-objective studies (Optuna's pruners are single-objective).
+
+    As Optuna's ``MedianPruner`` does for one objective: after ``prune_warmup`` epochs, and once
+    ``prune_min_trials`` trials have finished, a trial whose validation IoU at this epoch is below
+    the median of the finished trials' validation IoU at the same epoch is pruned. Finished =
+    state COMPLETE and trained here (cached copies are left out, so a network counts once).
+    Returns the reason, or ``None`` to go on.
+    """
+    from optuna.trial import TrialState
+
+    if cfg.prune != "median" or epoch < cfg.prune_warmup:
+        return None
+    done = [t for t in trials if t.state == TrialState.COMPLETE
+            and "cached_from" not in t.user_attrs]
+    if len(done) < cfg.prune_min_trials:
+        return None
+    at = [c[epoch] for t in done if len(c := t.user_attrs.get("curve") or []) > epoch
+          and c[epoch] is not None]
+    if len(at) < cfg.prune_min_trials:
+        return None
+    med = statistics.median(at)
+    value = 0.0 if math.isnan(value) else value
+    if value < med:
+        return (f"pruned at epoch {epoch}: validation IoU {value:.4f} < median {med:.4f} of "
+                f"{len(at)} finished trials at that epoch")
+    return None
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"

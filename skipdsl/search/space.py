@@ -1,0 +1,570 @@
+"""Search spaces as files: a YAML space -> Optuna parameters -> a checked DSL ``Spec``.
+
+A space names, for every dimension of the network, either one fixed value or a list of choices
+(a list means "choose one"): depth, widths (base, growth, per-level multipliers), the node set,
+block settings of encoder and decoder, decoder width (per level, or ``concat``), candidate
+edges (by rule or one by one; each can be off, on, or on with a projection to C channels),
+head kernel, deep supervision with its head set, and CGM. See ``search/spaces/default.yaml``.
+
+Three functions carry a point through the space:
+
+- :meth:`SearchSpace.suggest` asks an Optuna trial (define-by-run) for a point: a flat dict of
+  parameters whose values are plain ``str``/``int``/``float``/``bool``;
+- :meth:`SearchSpace.build` turns a point into a checked :class:`~skipdsl.spec.Spec` and expands
+  it with the graph validator, so an invalid point (a node with no input, a node that reaches no
+  head, ...) raises :class:`~skipdsl.errors.SpecError` saying which node and why;
+- :meth:`SearchSpace.point_of` goes the other way: the point of the space that describes a given
+  spec (e.g. a zoo model), or a ``SpecError`` saying which dimension has no matching choice.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ..errors import SpecError, did_you_mean
+from ..spec import RULES, Spec, from_dict, node_id, parse_node
+
+DEFAULT_SPACE = "default"
+DS_HEADS = ("pruning", "hierarchical", "all")
+CGM_VARIANTS = ("none", "unet3p", "unetsharp")
+OFF, ON = "off", "on"
+
+Scalar = Union[bool, int, float, str]
+
+
+def _choices(v: Any) -> list:
+    """A scalar is one fixed choice; a list is the choices."""
+    return list(v) if isinstance(v, (list, tuple)) else [v]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class EdgeCandidate(_Model):
+    """One candidate edge set: a grid rule (``rule``) or one explicit edge (``from``/``to``).
+
+    ``project``: projection channels to choose from, 0 meaning no projection (UNet3+ uses 64).
+    ``optional: false`` keeps the candidate always on. ``name`` overrides the parameter name.
+    """
+
+    rule: str | None = None
+    src: str | None = Field(None, alias="from")
+    to: str | list[str] | None = None
+    min_k: int | None = Field(None, ge=0)
+    max_k: int | None = Field(None, ge=0)
+    project: int | list[int] = 0
+    optional: bool = True
+    resample: dict[str, Any] | None = None
+    name: str | None = None
+
+    @field_validator("rule")
+    @classmethod
+    def _known_rule(cls, v):
+        if v is not None and v not in RULES:
+            raise ValueError(f"unknown rule '{v}'; {did_you_mean(v, RULES)}")
+        return v
+
+    @field_validator("project")
+    @classmethod
+    def _non_negative(cls, v):
+        if any(int(c) < 0 for c in _choices(v)):
+            raise ValueError("projection channels must be >= 0 (0 = no projection)")
+        return v
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "EdgeCandidate":
+        if (self.rule is None) == (self.src is None):
+            raise ValueError("an edge candidate needs either 'rule' or 'from' + 'to'")
+        if self.src is not None:
+            if not isinstance(self.to, str):
+                raise ValueError("an explicit edge candidate needs one node in 'to'")
+            parse_node(self.src), parse_node(self.to)
+        return self
+
+    @property
+    def key(self) -> str:
+        if self.name:
+            return self.name
+        if self.rule is not None:
+            extra = ""
+            if self.to is not None:
+                extra += "_to_" + "_".join(_choices(self.to))
+            if self.min_k is not None or self.max_k is not None:
+                extra += f"_k{self.min_k if self.min_k is not None else ''}-" \
+                         f"{self.max_k if self.max_k is not None else ''}"
+            return f"edge_{self.rule}{extra}"
+        return f"edge_{self.src}-{self.to}"
+
+    def values(self) -> list[str]:
+        """The parameter's choices: ``off``, ``on`` (no projection), ``p64`` (project to 64)."""
+        on = [ON if int(c) == 0 else f"p{int(c)}" for c in _choices(self.project)]
+        return ([OFF] if self.optional else []) + on
+
+
+class WidthSpace(_Model):
+    """Level widths ``round(base * growth**i * multipliers[i])``, each a choice list."""
+
+    base: int | list[int]
+    growth: float | list[float] = 2.0
+    multipliers: list[float | list[float]] | None = None
+
+
+class SearchSpace(_Model):
+    """A search space file (see module doc). ``fixed`` holds spec keys copied into every sample
+    (dims, in_channels, num_classes, loss, defaults, ...)."""
+
+    name: str
+    description: str = ""
+    fixed: dict[str, Any] = Field(default_factory=dict)
+    depth: int | list[int] = 5
+    widths: WidthSpace
+    nodes: Union[str, list[Union[str, list[str]]]] = "triangle"
+    encoder_block: dict[str, Any] = Field(default_factory=dict)
+    decoder_block: dict[str, Any] = Field(default_factory=dict)
+    decoder_width: Union[Literal["level", "concat"], list[Literal["level", "concat"]]] = "level"
+    project_kernel: int = Field(3, gt=0)
+    edges: list[EdgeCandidate]
+    head_kernel: int | list[int] = 1
+    hierarchical_head_kernel: int = 3
+    deep_supervision: bool | list[bool] = False
+    ds_heads: Union[str, list[str]] = "all"
+    cgm: Union[str, list[str]] = "none"
+    width_scale: dict[str, float] = Field(
+        default_factory=lambda: {"smoke": 0.25, "short": 0.5, "paper": 1.0})
+    source: str | None = Field(None, exclude=True)
+
+    @field_validator("fixed")
+    @classmethod
+    def _fixed_keys(cls, v):
+        searched = {"grid", "nodes", "edges", "heads", "encoder", "decoder", "deep_supervision",
+                    "cgm", "name"}
+        bad = sorted(set(v) & searched)
+        if bad:
+            raise ValueError(f"fixed may not set {bad}: the space searches them; use the "
+                             f"space's own keys (depth, widths, nodes, edges, ...)")
+        unknown = sorted(set(v) - set(Spec.model_fields) - {"description"})
+        if unknown:
+            raise ValueError(f"unknown spec key(s) {unknown} in fixed; "
+                             f"{did_you_mean(unknown[0], Spec.model_fields)}")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> "SearchSpace":
+        for v in _choices(self.ds_heads):
+            if v not in DS_HEADS:
+                raise ValueError(f"ds_heads: unknown head set '{v}'; {did_you_mean(v, DS_HEADS)}")
+        for v in _choices(self.cgm):
+            if v not in CGM_VARIANTS:
+                raise ValueError(f"cgm: unknown variant '{v}'; {did_you_mean(v, CGM_VARIANTS)}")
+        for v in _choices(self.nodes):
+            if isinstance(v, str) and v not in ("triangle", "diagonal"):
+                raise ValueError(f"nodes: '{v}' is not a node set; use triangle, diagonal or a "
+                                 f"list of node ids")
+        keys = [e.key for e in self.edges]
+        dup = sorted({k for k in keys if keys.count(k) > 1})
+        if dup:
+            raise ValueError(f"two edge candidates share the parameter name {dup[0]}; give one "
+                             f"of them a 'name'")
+        if not self.edges:
+            raise ValueError("a space needs at least one edge candidate")
+        depths = _choices(self.depth)
+        mult = self.widths.multipliers
+        if mult is not None and len(mult) < max(depths):
+            raise ValueError(f"widths.multipliers has {len(mult)} levels but depth can be "
+                             f"{max(depths)}; give one entry (or choice list) per level")
+        return self
+
+    # -- parameters ---------------------------------------------------------------------
+    def node_choices(self) -> list[str]:
+        """Node-set choices as parameter values: 'triangle', 'diagonal' or 'x_0_0,x_1_0,...'."""
+        return [v if isinstance(v, str) else ",".join(v) for v in _choices(self.nodes)]
+
+    def dimensions(self, depth: int | None = None) -> list[tuple[str, list]]:
+        """Every (parameter, choices) pair; ``depth`` limits the per-level ones."""
+        w = self.widths
+        dims: list[tuple[str, list]] = [("depth", _choices(self.depth)),
+                                        ("width_base", _choices(w.base)),
+                                        ("width_growth", _choices(w.growth))]
+        levels = max(_choices(self.depth)) if depth is None else depth
+        for i, m in enumerate((w.multipliers or [])[:levels]):
+            dims.append((f"width_mult_{i}", _choices(m)))
+        dims.append(("nodes", self.node_choices()))
+        for part, blk in (("enc", self.encoder_block), ("dec", self.decoder_block)):
+            for k, v in blk.items():
+                dims.append((f"{part}_{k}", _choices(v)))
+        dims.append(("decoder_width", _choices(self.decoder_width)))
+        dims += [(e.key, e.values()) for e in self.edges]
+        dims += [("head_kernel", _choices(self.head_kernel)),
+                 ("deep_supervision", _choices(self.deep_supervision)),
+                 ("ds_heads", _choices(self.ds_heads)),
+                 ("cgm", _choices(self.cgm))]
+        return dims
+
+    def size(self) -> int:
+        """Number of distinct points (conditional parameters counted where they apply)."""
+        total = 0
+        for d in _choices(self.depth):
+            n = 1
+            for name, ch in self.dimensions(d):
+                if name in ("depth", "ds_heads"):
+                    continue
+                if name == "deep_supervision":
+                    n *= (False in ch) + (True in ch) * len(_choices(self.ds_heads))
+                else:
+                    n *= len(ch)
+            total += n
+        return total
+
+    def suggest(self, trial: Any) -> dict[str, Any]:
+        """Ask an Optuna trial (or anything with ``suggest_categorical``) for a point.
+
+        Only dimensions with more than one choice become trial parameters; ``width_mult_i``
+        exists for the sampled depth only and ``ds_heads`` only with deep supervision on.
+        """
+        point: dict[str, Any] = {}
+        depth = self._pick(trial, "depth", _choices(self.depth), point)
+        for name, ch in self.dimensions(depth):
+            if name == "depth" or (name == "ds_heads" and not point["deep_supervision"]):
+                continue
+            self._pick(trial, name, ch, point)
+        return point
+
+    @staticmethod
+    def _pick(trial: Any, name: str, choices: list, point: dict) -> Any:
+        point[name] = trial.suggest_categorical(name, choices) if len(choices) > 1 else choices[0]
+        return point[name]
+
+    def complete(self, point: dict[str, Any]) -> dict[str, Any]:
+        """``point`` with the fixed (single-choice) dimensions filled in; unknown keys or values
+        outside the choices raise ``SpecError``."""
+        depth = point.get("depth", _choices(self.depth)[0])
+        out: dict[str, Any] = {}
+        dims = dict(self.dimensions(depth))
+        dims_all = dict(self.dimensions())
+        unknown = sorted(set(point) - set(dims_all))
+        if unknown:
+            raise SpecError(f"unknown search parameter '{unknown[0]}' for space '{self.name}'",
+                            file=self.source, hint=did_you_mean(unknown[0], dims_all))
+        for name, ch in dims.items():
+            if name == "ds_heads" and not point.get("deep_supervision",
+                                                    _choices(self.deep_supervision)[0]):
+                continue
+            v = point.get(name, ch[0])
+            if v not in ch:
+                raise SpecError(f"search parameter {name} = {v!r} is not one of the choices",
+                                file=self.source, expected=ch, found=v)
+            out[name] = v
+        return out
+
+    # -- point -> spec --------------------------------------------------------------------
+    def build(self, point: dict[str, Any], *, name: str | None = None,
+              description: str | None = None) -> Spec:
+        """The checked spec of a point; raises ``SpecError`` when it is not a valid network."""
+        p = self.complete(point)
+        depth = int(p["depth"])
+        mult = [float(p.get(f"width_mult_{i}", 1.0)) for i in range(depth)]
+        widths: dict[str, Any] = {"base": int(p["width_base"]), "growth": float(p["width_growth"])}
+        if any(m != 1.0 for m in mult):
+            widths["multipliers"] = mult
+        nodes = p["nodes"] if p["nodes"] in ("triangle", "diagonal") else p["nodes"].split(",")
+        data: dict[str, Any] = {
+            "name": name or self.name,
+            "description": description if description is not None else
+            f"sampled from search space '{self.name}'",
+            **{k: v for k, v in self.fixed.items() if k != "description"},
+            "grid": {"depth": depth, "widths": widths},
+            "nodes": nodes,
+        }
+        enc = {k[4:]: p[k] for k in p if k.startswith("enc_")}
+        dec = {k[4:]: p[k] for k in p if k.startswith("dec_")}
+        if enc:
+            data["encoder"] = {"block": enc}
+        data["decoder"] = {**({"block": dec} if dec else {}),
+                           **({"width": "concat"} if p["decoder_width"] == "concat" else {})}
+        edges = []
+        for e in self.edges:
+            v = p[e.key]
+            if v == OFF:
+                continue
+            item: dict[str, Any]
+            if e.rule is not None:
+                item = {"rule": e.rule}
+                if e.to is not None:
+                    item["to"] = _choices(e.to)
+                for k in ("min_k", "max_k"):
+                    if getattr(e, k) is not None:
+                        item[k] = getattr(e, k)
+            else:
+                item = {"from": e.src, "to": e.to}
+            if e.resample:
+                item["resample"] = dict(e.resample)
+            if v != ON:
+                item["project"] = {"channels": int(v[1:]), "kernel": self.project_kernel}
+            edges.append(item)
+        data["edges"] = edges
+        data["heads"], data["deep_supervision"] = self._heads(p, depth, nodes)
+        if p["cgm"] != "none":
+            data["cgm"] = True
+        spec = from_dict(data, source=f"<search space {self.name}>")
+        import skipdsl  # late: the graph validator
+
+        skipdsl.graph(spec)  # raises SpecError for an invalid network
+        return spec
+
+    def _heads(self, p: dict, depth: int, nodes: Any) -> tuple[list[dict], bool]:
+        """Main head on x_0_(depth-1); with deep supervision the chosen head set (the heads on
+        nodes that exist); CGM variants as in UNet3+ / UNet#."""
+        have = _node_ids(nodes, depth)
+        main = node_id(0, depth - 1)
+        k = int(p["head_kernel"])
+        heads = [{"node": main, "kernel": k, "main": True}]
+        if p["deep_supervision"]:
+            kind = p["ds_heads"]
+            if kind in ("pruning", "all"):
+                heads += [{"node": node_id(0, j), "kernel": k} for j in range(1, depth - 1)]
+            if kind in ("hierarchical", "all"):
+                heads += [{"node": node_id(i, depth - 1 - i),
+                           "kernel": self.hierarchical_head_kernel} for i in range(1, depth)]
+            heads = [h for h in heads if h["node"] in have]
+        cgm = p["cgm"]
+        for h in heads:
+            lvl = parse_node(h["node"])[0]
+            if cgm == "unet3p":
+                h.update(cgm="unet3p", cgm_from=node_id(depth - 1, 0))
+            elif cgm == "unetsharp":
+                h["cgm"] = "full" if lvl >= depth - 2 else "simple"
+        return heads, len(heads) > 1
+
+    # -- spec -> point --------------------------------------------------------------------
+    def point_of(self, spec: "Spec | str") -> dict[str, Any]:
+        """The point of this space whose network is ``spec``'s (as trained: the active heads,
+        i.e. the main head only unless the spec has deep supervision on).
+
+        Raises ``SpecError`` naming the dimension that has no matching choice.
+        """
+        import skipdsl
+
+        spec = skipdsl.load(spec)
+        where = spec.source or spec.name
+        depth = spec.depth
+
+        def need(name: str, value: Any, choices: list) -> Any:
+            if value not in choices:
+                raise SpecError(f"'{spec.name}' is not a point of search space '{self.name}': "
+                                f"{name} {value!r} is not a choice", file=where,
+                                expected=choices, found=value)
+            return value
+
+        p: dict[str, Any] = {"depth": need("depth", depth, _choices(self.depth))}
+        p.update(self._width_point(spec, need))
+        nodes = spec.nodes if isinstance(spec.nodes, str) else None
+        if nodes is None:  # an explicit list: match a set choice by its nodes
+            want = _node_ids(spec.nodes, depth)
+            nodes = next((c for c in self.node_choices()
+                          if _node_ids(c if c in ("triangle", "diagonal") else c.split(","),
+                                       depth) == want), ",".join(spec.nodes))
+        p["nodes"] = need("nodes", nodes, self.node_choices())
+        base_block = spec.defaults.block.model_dump()
+        for part, blk_space, cfg in (("enc", self.encoder_block, spec.encoder),
+                                     ("dec", self.decoder_block, spec.decoder)):
+            blk = {**base_block, **(cfg.block or {})}
+            for k, ch in blk_space.items():
+                p[f"{part}_{k}"] = need(f"{part}_{k}", blk[k], _choices(ch))
+        p["decoder_width"] = need("decoder_width",
+                                  "concat" if spec.decoder.width == "concat" else "level",
+                                  _choices(self.decoder_width))
+        p.update(self._edge_point(spec, need))
+        main = spec.main_head
+        p["head_kernel"] = need("head_kernel", main.kernel, _choices(self.head_kernel))
+        active = [main] + ([h for h in spec.heads if h is not main] if spec.deep_supervision else [])
+        ds = len(active) > 1
+        p["deep_supervision"] = need("deep_supervision", ds, _choices(self.deep_supervision))
+        if ds:
+            got = {h.node for h in active} - {main.node}
+            for kind in _choices(self.ds_heads):
+                heads, _ = self._heads({**p, "ds_heads": kind, "cgm": "none"}, depth,
+                                       spec.nodes)
+                if {h["node"] for h in heads} - {main.node} == got:
+                    p["ds_heads"] = kind
+                    break
+            else:
+                need("ds_heads", sorted(got), _choices(self.ds_heads))
+        p["cgm"] = need("cgm", _cgm_variant(spec, active), _choices(self.cgm))
+        return self.complete(p)
+
+    def _width_point(self, spec: Spec, need) -> dict[str, Any]:
+        want = spec.widths
+        w = self.widths
+        for base, growth in itertools.product(_choices(w.base), _choices(w.growth)):
+            mults = []
+            for i, target in enumerate(want):
+                opts = _choices((w.multipliers or [])[i]) if w.multipliers else [1.0]
+                m = next((m for m in opts
+                          if int(round(base * growth**i * m)) == target), None)
+                if m is None:
+                    break
+                mults.append(m)
+            else:
+                point = {"width_base": base, "width_growth": growth}
+                if w.multipliers:
+                    point.update({f"width_mult_{i}": m for i, m in enumerate(mults)})
+                return point
+        return need("widths", want, [f"base {w.base}, growth {w.growth}, multipliers "
+                                     f"{w.multipliers}"])
+
+    def _edge_point(self, spec: Spec, need) -> dict[str, Any]:
+        """Each rule / explicit edge of the spec switches on the candidate of the same rule
+        (and target filter) with the same projection; all other candidates are off."""
+        from ..spec import EdgeRule
+
+        point = {e.key: OFF for e in self.edges}
+        for item in spec.edges:
+            if isinstance(item, EdgeRule):
+                match = [e for e in self.edges if e.rule == item.rule
+                         and _norm_to(e.to) == _norm_to(item.to)
+                         and (e.min_k, e.max_k) == (item.min_k, item.max_k)]
+                label = f"rule {item.rule}"
+            else:
+                match = [e for e in self.edges if e.src == item.src and e.to == item.dst]
+                label = f"edge {item.src} -> {item.dst}"
+            if not match:
+                need("edges", label, [e.key for e in self.edges])
+            e = match[0]
+            proj = item.project
+            if proj is not None and proj.kernel != self.project_kernel:
+                need(f"{e.key} projection kernel", proj.kernel, [self.project_kernel])
+            value = ON if proj is None else f"p{proj.channels}"
+            point[e.key] = need(e.key, value, e.values())
+        return point
+
+    # -- identity -------------------------------------------------------------------------
+    def fingerprint(self) -> str:
+        """A hash of the space's content (stored with a study to refuse mixing spaces)."""
+        blob = json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def scale_for(self, budget: str) -> float:
+        return float(self.width_scale.get(budget, 1.0))
+
+
+def _norm_to(to: Any) -> tuple | None:
+    return None if to is None else tuple(sorted(_choices(to)))
+
+
+def _node_ids(nodes: Any, depth: int) -> set[str]:
+    if nodes == "triangle":
+        return {node_id(i, j) for i in range(depth) for j in range(depth - i)}
+    if nodes == "diagonal":
+        return {node_id(i, 0) for i in range(depth)} | {node_id(i, depth - 1 - i)
+                                                         for i in range(depth - 1)}
+    return set(nodes)
+
+
+def _cgm_variant(spec: Spec, active: list) -> str:
+    if not spec.cgm:
+        return "none"
+    kinds = {h.cgm for h in active if h.cgm}
+    if not kinds:
+        return "none"
+    if kinds == {"unet3p"}:
+        return "unet3p"
+    if kinds <= {"simple", "full"}:
+        return "unetsharp"
+    return "+".join(sorted(str(k) for k in kinds))
+
+
+# ---------------------------------------------------------------------------------------
+# scaling (the widths a budget trains at)
+
+
+def scale_spec(spec: Spec, scale: float) -> Spec:
+    """``spec`` with every level width and projection scaled by ``scale`` (at least 1 channel).
+
+    The search trains at reduced widths under the smoke/short budgets; the scaled spec is the
+    network that is measured, hashed and written out.
+    """
+    if scale == 1.0:
+        return spec
+    data = spec.to_dict()
+    data["grid"]["widths"] = [max(1, int(round(w * scale))) for w in spec.widths]
+    for e in data.get("edges", []):
+        if isinstance(e, dict) and e.get("project"):
+            e["project"]["channels"] = max(1, int(round(e["project"]["channels"] * scale)))
+    for cfg in [data.get("encoder"), data.get("decoder"), *data.get("node_overrides", {}).values()]:
+        if isinstance(cfg, dict) and isinstance(cfg.get("width"), int):
+            cfg["width"] = max(1, int(round(cfg["width"] * scale)))
+    return from_dict(data, source=spec.source)
+
+
+def active_spec(spec: Spec) -> Spec:
+    """``spec`` with only the heads it trains with (the main head alone without deep
+    supervision): the network a trial measures, and what its hash is taken of."""
+    if spec.deep_supervision or len(spec.heads) == 1:
+        return spec
+    data = spec.to_dict()
+    main = spec.main_head.model_dump(mode="json", exclude_none=True)
+    main["main"] = True
+    data["heads"] = [main]
+    return from_dict(data, source=spec.source)
+
+
+# ---------------------------------------------------------------------------------------
+# files
+
+
+def spaces_dir():
+    return resources.files("skipdsl") / "spaces"
+
+
+def list_spaces() -> list[str]:
+    """Names of the space files shipped with the package."""
+    return sorted(p.name[:-5] for p in spaces_dir().iterdir() if p.name.endswith(".yaml"))
+
+
+def loads_space(text: str, *, source: str | None = None) -> SearchSpace:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise SpecError(f"YAML syntax error: {getattr(e, 'problem', e)}", file=source,
+                        line=mark.line + 1 if mark else None) from None
+    if not isinstance(data, dict):
+        raise SpecError("a search space must be a YAML mapping", file=source)
+    try:
+        space = SearchSpace.model_validate(data)
+    except ValidationError as err:
+        e = err.errors()[0]
+        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        hint = None
+        if e["type"] == "extra_forbidden":
+            hint = did_you_mean(str(e["loc"][-1]), [f.alias or n for n, f in
+                                                     SearchSpace.model_fields.items()])
+        raise SpecError(f"search space: bad value at {where}: {msg}", file=source,
+                        hint=hint) from None
+    space.source = source
+    return space
+
+
+def load_space(name_or_path: "str | Path | SearchSpace | None" = None) -> SearchSpace:
+    """A shipped space name (``default``), a path to a space YAML, or ``None`` (the default)."""
+    if isinstance(name_or_path, SearchSpace):
+        return name_or_path
+    name_or_path = name_or_path or DEFAULT_SPACE
+    p = Path(name_or_path)
+    if p.is_file():
+        return loads_space(p.read_text(), source=str(p))
+    stem = p.name[:-5] if p.name.endswith((".yaml", ".yml")) else p.name
+    f = spaces_dir() / f"{stem}.yaml"
+    if str(p.parent) in ("", ".") and f.is_file():
+        return loads_space(f.read_text(), source=f"spaces/{stem}.yaml")
+    raise SpecError(f"no search space file '{name_or_path}' and no shipped space '{stem}'",
+                    hint=did_you_mean(stem, list_spaces()) + " (or give a path to a .yaml file)")

@@ -1,0 +1,360 @@
+"""The study: storage, sampler, resuming, and the Optuna backend's trial loop.
+
+- Storage: a real database. SQLite file ``OUT/study.db`` by default; ``storage="postgresql://
+  user@host:port/db"`` for a server that several workers (processes, machines) share. SQLite
+  serialises writers and answers "database is locked" under parallel writers (Optuna #820,
+  #4994): run parallel workers on PostgreSQL. Heartbeats (every 20 s) mark the trials of a
+  killed worker as failed after 60 s and enqueue them again once.
+- Study: its name defaults to ``skipdsl-<space>-<dataset>-<budget>-s<seed>``; it records the
+  search settings, and a worker (or a re-run) whose settings differ is refused, so results of
+  different setups never mix. Re-running the same command loads the study and runs the trials
+  still missing up to ``trials`` (finished trials of every worker count, running ones too).
+- Sampler: NSGA-II for several objectives, TPE for one (``sampler="auto"``).
+- Pruning: Optuna's ``MedianPruner`` through ``trial.report`` for one objective; for several
+  (where Optuna's pruners and ``trial.report`` are not available) the same median rule on the
+  validation IoU, computed from the curves the trials store (:func:`objective.median_rule`).
+"""
+from __future__ import annotations
+
+import random
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ..errors import SpecError
+from .objective import (OBJECTIVES, RECORD_KEYS, RESULT_OVERRIDES, SearchConfig, evaluate,
+                        find_cached, median_rule, objective_values, prepare, worker_id)
+from .space import SearchSpace, load_space
+
+HEARTBEAT_S = 20
+GRACE_S = 60
+#: Settings a study is created with; a worker with other values is refused.
+STUDY_KEYS = ("space", "space_fingerprint", "dataset", "budget", "seed", "objectives",
+              "width_scale", "trainer", "overrides")
+
+
+class SearchError(ValueError):
+    """A search that cannot start as asked (settings, storage); the message says what to do."""
+
+
+class TrialFailed(Exception):
+    """An invalid spec or a failed training: the trial is recorded as FAIL with its reason."""
+
+
+@dataclass
+class SearchSummary:
+    study_name: str
+    storage: str
+    ran: int = 0  # trials this call started
+    finished: int = 0  # finished trials of the study after this call
+    states: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def storage_url(out: str | Path, storage: str | None = None) -> str:
+    if storage:
+        return storage
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{out / 'study.db'}"
+
+
+def redact(url: str) -> str:
+    """The URL without its password (for files and logs)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url.split("@")[-1] if "@" in url else url
+
+
+def make_storage(url: str, *, heartbeat: bool = True):
+    """An Optuna RDB storage (with heartbeats); retries table creation, which two workers
+    starting at once on a fresh PostgreSQL database can race on."""
+    import optuna
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+    kw: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        kw["engine_kwargs"] = {"connect_args": {"timeout": 60}}
+    else:
+        kw["engine_kwargs"] = {"pool_pre_ping": True}
+    last: Exception | None = None
+    for attempt in range(5):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                if heartbeat:
+                    kw.update(heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
+                                  max_retry=1))
+                return RDBStorage(url, **kw)
+        except Exception as err:  # sqlalchemy errors: a race on table creation, a server down
+            last = err
+            time.sleep(0.5 + random.random() * (attempt + 1))
+    raise SearchError(f"cannot open the study storage {redact(url)}: "
+                      f"{type(last).__name__}: {str(last).strip().splitlines()[0]}\n  hint: for "
+                      "PostgreSQL check that the server runs and the database exists "
+                      "(createdb NAME); the URL looks like postgresql://user:pass@host:5432/db")
+
+
+def default_study_name(space: SearchSpace, cfg: SearchConfig) -> str:
+    return f"skipdsl-{space.name}-{cfg.dataset}-{cfg.budget}-s{cfg.seed}"
+
+
+def make_sampler(kind: str, n_objectives: int, *, population: int = 8, seed: int | None = None):
+    import optuna
+
+    if kind == "auto":
+        kind = "nsga2" if n_objectives > 1 else "tpe"
+    if kind == "nsga2":
+        return optuna.samplers.NSGAIISampler(population_size=population, seed=seed)
+    if kind == "tpe":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True,
+                                              constant_liar=True, n_startup_trials=5)
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise SearchError(f"unknown sampler '{kind}'; valid: auto, nsga2, tpe, random")
+
+
+def study_settings(space: SearchSpace, cfg: SearchConfig) -> dict[str, Any]:
+    return {"space": space.name, "space_fingerprint": space.fingerprint(),
+            "dataset": cfg.dataset, "budget": cfg.budget, "seed": cfg.seed,
+            "objectives": list(cfg.objectives), "width_scale": cfg.width_scale,
+            "trainer": cfg.trainer,
+            "overrides": {k: cfg.overrides[k] for k in RESULT_OVERRIDES
+                          if cfg.overrides.get(k) is not None},
+            "search_config": cfg.to_dict()}
+
+
+def open_study(storage, name: str, space: SearchSpace, cfg: SearchConfig, *, sampler=None,
+               pruner=None, create: bool = True):
+    """Create or load the study; refuse one created with other settings."""
+    import optuna
+
+    if create:
+        study = optuna.create_study(storage=storage, study_name=name, sampler=sampler,
+                                    pruner=pruner, directions=cfg.directions, load_if_exists=True)
+    else:
+        study = optuna.load_study(storage=storage, study_name=name, sampler=sampler,
+                                  pruner=pruner)
+    want = study_settings(space, cfg)
+    have = study.user_attrs
+    if not have.get("space_fingerprint"):
+        for k, v in want.items():
+            study.set_user_attr(k, v)
+        return study
+    diff = [k for k in STUDY_KEYS if _plain(have.get(k)) != _plain(want[k])]
+    if diff:
+        detail = "; ".join(f"{k}: study has {have.get(k)!r}, this run {want[k]!r}" for k in diff)
+        raise SearchError(f"study '{name}' was created with other settings ({detail})\n  hint: "
+                          "use another --out (or --study NAME), or the settings it was made with")
+    if [d.name.lower() for d in study.directions] != cfg.directions:
+        raise SearchError(f"study '{name}' optimises other directions")
+    return study
+
+
+def _plain(v: Any) -> Any:
+    import json
+
+    return json.loads(json.dumps(v, sort_keys=True, default=str))
+
+
+def finished_trials(study) -> list:
+    """Trials that count towards ``trials``: complete, pruned, failed by the objective (invalid
+    spec, failed training) and running; not those failed by an interrupt or a dead worker."""
+    from optuna.trial import TrialState
+
+    out = []
+    for t in study.get_trials(deepcopy=False):
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING):
+            out.append(t)
+        elif t.state == TrialState.FAIL and "status" in t.user_attrs:
+            out.append(t)
+    return out
+
+
+def zoo_points(space: SearchSpace) -> dict[str, dict[str, Any]]:
+    """The zoo models that are points of ``space`` (name -> point)."""
+    import skipdsl
+
+    out = {}
+    for name in skipdsl.list_models():
+        try:
+            out[name] = space.point_of(name)
+        except SpecError:
+            continue
+    return out
+
+
+def enqueue_zoo(study, space: SearchSpace) -> list[str]:
+    """Queue the zoo models (once per study) so they are measured the same way as the samples:
+    reference points for the front, and a good first population."""
+    if study.user_attrs.get("zoo_enqueued"):
+        return []
+    study.set_user_attr("zoo_enqueued", True)
+    names = []
+    for name, point in zoo_points(space).items():
+        study.enqueue_trial(_suggested(space, point), user_attrs={"zoo": name},
+                            skip_if_exists=True)
+        names.append(name)
+    return names
+
+
+def _suggested(space: SearchSpace, point: dict[str, Any]) -> dict[str, Any]:
+    """Only the parameters the sampler would suggest (dimensions with several choices)."""
+    dims = dict(space.dimensions(point["depth"]))
+    return {k: v for k, v in point.items() if len(dims.get(k, [])) > 1}
+
+
+# ---------------------------------------------------------------------------------------
+# the Optuna backend
+
+
+def _finish(trial, status: str, reason: str = "", **attrs: Any) -> None:
+    for k, v in attrs.items():
+        trial.set_user_attr(k, v)
+    trial.set_user_attr("reason", reason)
+    trial.set_user_attr("status", status)
+
+
+def make_objective(space: SearchSpace, cfg: SearchConfig, *, trainer=None,
+                   log: Callable[[str], None] = lambda s: None):
+    """The Optuna objective: sample, validate, reuse a cached result, or train with pruning."""
+    import optuna
+
+    single = len(cfg.objectives) == 1
+
+    def objective(trial: "optuna.Trial"):
+        t0 = time.perf_counter()
+        point = space.suggest(trial)
+        trial.set_user_attr("worker", worker_id())
+        try:
+            prep = prepare(space, point, cfg, name=f"search_t{trial.number:04d}")
+        except SpecError as err:
+            reason = str(err)
+            _finish(trial, "invalid", reason)
+            log(f"trial {trial.number}: [yellow]invalid[/] {reason.splitlines()[0]}")
+            raise TrialFailed(reason) from None
+        trial.set_user_attr("hash", prep.hash)
+        trial.set_user_attr("key", prep.key)
+        trial.set_user_attr("spec", prep.spec.to_dict())
+        hit = find_cached(trial.study.get_trials(deepcopy=False), prep.key, trial.number)
+        if hit is not None:
+            src = hit.user_attrs.get("cached_from", hit.number)
+            if hit.state == optuna.trial.TrialState.COMPLETE:
+                rec = {k: hit.user_attrs[k] for k in RECORD_KEYS if k in hit.user_attrs}
+                _finish(trial, "cached", "", cached_from=src, seconds=time.perf_counter() - t0,
+                        **rec)
+                log(f"trial {trial.number}: same network as trial {src}: result reused")
+                return hit.values if not single else hit.values[0]
+            reason = f"same network as trial {src}, which was pruned"
+            _finish(trial, "pruned", reason, cached_from=src)
+            raise optuna.TrialPruned(reason)
+
+        curve: list[float] = []
+
+        def report(epoch: int, val_iou: float) -> None:
+            v = float(val_iou) if val_iou == val_iou else 0.0
+            curve.append(round(v, 6))
+            trial.set_user_attr("curve", curve)
+            if cfg.prune == "none":
+                return
+            if single:
+                trial.report(v, epoch)
+                if trial.should_prune():
+                    raise optuna.TrialPruned(
+                        f"pruned at epoch {epoch} by Optuna's MedianPruner (validation IoU "
+                        f"{v:.4f} below the median of finished trials at that epoch)")
+                return
+            why = median_rule(trial.study.get_trials(deepcopy=False), epoch, v, cfg)
+            if why:
+                raise optuna.TrialPruned(why)
+
+        try:
+            rec = evaluate(prep, cfg, report=report, trainer=trainer)
+        except optuna.TrialPruned as err:
+            _finish(trial, "pruned", str(err), curve=curve)
+            log(f"trial {trial.number}: [cyan]pruned[/] {err}")
+            raise
+        rec["seconds"] = time.perf_counter() - t0
+        if rec["status"] != "ok":
+            _finish(trial, "failed", rec["reason"], curve=curve)
+            log(f"trial {trial.number}: [red]failed[/] {rec['reason']}")
+            raise TrialFailed(rec["reason"])
+        _finish(trial, "complete", "", **{k: v for k, v in rec.items()
+                                          if k not in ("status", "reason")})
+        vals = objective_values(rec, cfg)
+        log(f"trial {trial.number}: " + ", ".join(
+            f"{OBJECTIVES[o].key} {v:.4g}" for o, v in zip(cfg.objectives, vals))
+            + f" ({rec['seconds']:.0f} s)")
+        return vals if not single else vals[0]
+
+    return objective
+
+
+def run_optuna(study, space: SearchSpace, cfg: SearchConfig, trials: int, *, trainer=None,
+               log: Callable[[str], None] = lambda s: None) -> int:
+    """Run trials in this process until the study holds ``trials`` counted trials."""
+    import optuna
+
+    objective = make_objective(space, cfg, trainer=trainer, log=log)
+    ran = 0
+    while True:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+        if len(finished_trials(study)) >= trials:
+            return ran
+        level = optuna.logging.get_verbosity()
+        optuna.logging.set_verbosity(optuna.logging.ERROR)  # we log each trial's outcome
+        try:
+            study.optimize(objective, n_trials=1, catch=(TrialFailed,), gc_after_trial=True)
+        finally:
+            optuna.logging.set_verbosity(level)
+        ran += 1
+
+
+def make_pruner(cfg: SearchConfig):
+    import optuna
+
+    if cfg.prune == "median" and len(cfg.objectives) == 1:
+        return optuna.pruners.MedianPruner(n_startup_trials=cfg.prune_min_trials,
+                                           n_warmup_steps=cfg.prune_warmup)
+    return optuna.pruners.NopPruner()
+
+
+def state_counts(study) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False):
+        s = t.user_attrs.get("status") or t.state.name.lower()
+        counts[s] = counts.get(s, 0) + 1
+    return counts
+
+
+def load_for_report(out: str | Path, storage: str | None = None):
+    """(study, space, cfg, settings) of a search output folder (reads ``OUT/search.json``)."""
+    import json
+
+    out = Path(out)
+    f = out / "search.json"
+    if not f.is_file():
+        raise SearchError(f"{f} not found: is {out} the --out folder of a 'skipdsl search run'?")
+    settings = json.loads(f.read_text())
+    url = storage or settings.get("storage_url")
+    if not url:
+        raise SearchError(f"the study lives in {settings.get('storage')}, whose password is not "
+                          "stored: give it with --storage URL")
+    space = load_space(settings["space_file"]) if Path(settings["space_file"]).is_file() else \
+        load_space(settings["space"])
+    cfg = SearchConfig.from_dict(settings["config"])
+    import optuna
+
+    study = optuna.load_study(storage=make_storage(url, heartbeat=False),
+                              study_name=settings["study_name"])
+    return study, space, cfg, settings

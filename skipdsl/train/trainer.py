@@ -1,0 +1,456 @@
+"""Train and evaluate one (model, dataset, seed, deep supervision) trial with the papers' recipe.
+
+One function, :func:`train_and_evaluate`, does the whole trial; the benchmark runner (Ray Tune
+or local), and the architecture search call it. It takes a plain, serialisable ``config`` dict
+and returns a result dict (see :func:`train_and_evaluate`).
+
+Recipe (UNet# code, REFERENCE.md): Adam (lr 1e-3, weight decay 1e-4), cosine annealing of the
+learning rate over all steps, He init (done by the compiler, ``init: he``), batch training with
+on-device augmentation (rot90, flips, brightness/contrast; :mod:`skipdsl.train.augment`),
+per-channel normalisation with the training split's statistics. The model of the epoch with the
+best validation IoU is evaluated on the test split. On CUDA: bf16 autocast, channels_last and
+cuDNN autotuning. Seeds fix the initialisation, the batch order and the augmentation.
+
+A trial whose loss becomes NaN/inf is stopped and returned with ``status='failed'`` and a
+``reason`` (it is not an exception: a sweep records it and goes on).
+"""
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from .augment import AugmentConfig, augment_batch
+
+__all__ = ["Budget", "BUDGETS", "DEFAULTS", "resolve_config", "train_and_evaluate", "planned_epochs",
+           "Diverged"]
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much training a trial gets. ``widths``/``widths_3d``: ``None`` keeps the spec's."""
+
+    name: str
+    epochs: int
+    epochs_3d: int
+    n: int | None  # images (volumes) loaded per dataset; None = all
+    n_3d: int | None
+    widths: tuple[int, ...] | None
+    widths_3d: tuple[int, ...] | None
+    batch_size: int
+    batch_size_3d: int
+    hd95: bool = False
+    throughput_iters: int = 5
+    samples: int = 4  # test cases kept for the overlay plots
+
+
+#: ``smoke``: minutes on 2 CPU cores for the whole zoo x datasets sweep (tiny widths, few
+#: epochs, small n); ``short``: a real but quick comparison; ``paper``: the papers' 100 epochs.
+BUDGETS: dict[str, Budget] = {
+    "smoke": Budget("smoke", epochs=12, epochs_3d=4, n=128, n_3d=12,
+                    widths=(8, 16, 32, 64, 128), widths_3d=(4, 8, 16, 32, 64), batch_size=8,
+                    batch_size_3d=2, throughput_iters=3),
+    "short": Budget("short", epochs=20, epochs_3d=20, n=None, n_3d=None,
+                    widths=(16, 32, 64, 128, 256), widths_3d=(8, 16, 32, 64, 128),
+                    batch_size=16, batch_size_3d=2, hd95=True),
+    "paper": Budget("paper", epochs=100, epochs_3d=100, n=None, n_3d=None, widths=None,
+                    widths_3d=(16, 32, 64, 128, 256), batch_size=128, batch_size_3d=2,
+                    hd95=True, throughput_iters=10),
+}
+
+#: Config keys and their defaults; ``None`` means "from the budget / the spec / the dataset".
+DEFAULTS: dict[str, Any] = {
+    "model": None,  # zoo name, path to a YAML spec, or a spec dict (Spec.to_dict())
+    "dataset": None,  # a name from skipdsl.data.list_datasets()
+    "seed": 0,
+    "deep_supervision": False,
+    "budget": "smoke",
+    "epochs": None,
+    "n": None,
+    "widths": None,  # list per level or an int base
+    "batch_size": None,
+    "lr": 1e-3,
+    "weight_decay": 1e-4,
+    "eta_min": 1e-5,
+    "loss": None,  # default: the spec's loss, else bce_dice
+    "loss_kwargs": None,  # to build_loss (mode, head_resize, cgm_weight, ...)
+    "cgm": None,
+    "augment": True,
+    "data_root": None,
+    "data_seed": 0,  # the dataset's generation/split seed (the same for every trial seed)
+    "cache_dir": None,
+    "device": "auto",  # auto: cuda if visible, else cpu
+    "threads": None,  # torch CPU threads (the runner sets it to the trial's CPUs)
+    "amp": "auto",  # bf16 autocast on CUDA
+    "channels_last": "auto",  # on CUDA
+    "hd95": None,
+    "threshold": 0.5,
+    "prune": True,  # evaluate pruning levels when deep supervision is on and prune exists
+    "throughput_iters": None,
+    "samples": None,
+}
+
+
+class Diverged(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+def resolve_config(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with every key of :data:`DEFAULTS`; unknown keys raise ``ValueError``."""
+    unknown = sorted(set(config) - set(DEFAULTS) - {"trial_key"})
+    if unknown:
+        raise ValueError(f"unknown trainer config key(s) {unknown}; valid: {sorted(DEFAULTS)}")
+    out = {**DEFAULTS, **{k: v for k, v in config.items() if v is not None}}
+    if out["model"] is None or out["dataset"] is None:
+        raise ValueError("config needs 'model' and 'dataset'")
+    if out["budget"] not in BUDGETS:
+        raise ValueError(f"unknown budget '{out['budget']}'; valid: {', '.join(BUDGETS)}")
+    return out
+
+
+def load_spec(model: Any):
+    """A zoo name, a YAML path, a spec dict or a ``Spec`` -> a checked ``Spec``."""
+    import skipdsl
+    from skipdsl.spec import from_dict
+
+    if isinstance(model, dict):
+        return from_dict(model, source="<config>")
+    return skipdsl.load(model)
+
+
+def _seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _as_tensor(a: Any) -> torch.Tensor:
+    return a if isinstance(a, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(a))
+
+
+def _main(model: torch.nn.Module, out: Any) -> torch.Tensor:
+    import skipdsl
+
+    return skipdsl.main_logits(model, out)
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, images: torch.Tensor, batch_size: int, *, amp: bool = False,
+            memory_format: torch.memory_format | None = None) -> torch.Tensor:
+    """Sigmoid probabilities of the main head for ``images`` (on the model's device), on CPU."""
+    model.eval()
+    dev = next(model.parameters()).device
+    out = []
+    for b in range(0, images.shape[0], batch_size):
+        x = images[b:b + batch_size].to(dev, non_blocking=True)
+        if memory_format is not None:
+            x = x.contiguous(memory_format=memory_format)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+            logits = _main(model, model(x))
+        out.append(torch.sigmoid(logits.float()).cpu())
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def _pick_samples(target: np.ndarray, k: int) -> np.ndarray:
+    """Indices of up to ``k`` cases, those with the most foreground first."""
+    area = target.reshape(target.shape[0], -1).sum(1)
+    return np.argsort(-area, kind="stable")[:k]
+
+
+def _slice_2d(a: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """(C, *spatial) -> (C, H, W); in 3D the depth slice with the most foreground."""
+    if a.ndim == 3:
+        return a
+    z = int(target.reshape(target.shape[0], target.shape[1], -1).sum((0, 2)).argmax())
+    return a[:, z]
+
+
+def _samples(images: torch.Tensor, target: torch.Tensor, probs: torch.Tensor,
+             case_ids: list[str], k: int) -> dict[str, Any]:
+    t = target.numpy()
+    idx = _pick_samples(t, k)
+    img, gt, pr = [], [], []
+    for i in idx:
+        img.append(_slice_2d(images[i].numpy(), t[i]))
+        gt.append(_slice_2d(t[i], t[i]))
+        pr.append(_slice_2d(probs[i].numpy(), t[i]))
+    return {
+        "image": np.stack(img).astype(np.float16) if img else np.zeros((0,)),
+        "target": np.stack(gt).astype(np.uint8) if gt else np.zeros((0,)),
+        "prob": np.stack(pr).astype(np.float16) if pr else np.zeros((0,)),
+        "case_id": [case_ids[i] for i in idx],
+    }
+
+
+def _empty_result(cfg: dict[str, Any]) -> dict[str, Any]:
+    nan = float("nan")
+    return {
+        "status": "ok", "reason": "",
+        "model": None, "dataset": cfg["dataset"], "seed": int(cfg["seed"]),
+        "deep_supervision": bool(cfg["deep_supervision"]), "budget": cfg["budget"],
+        "loss": None, "iou": nan, "dice": nan, "iou_std": nan, "dice_std": nan, "hd95": nan,
+        "fp_empty": nan, "n_cases": 0, "params": 0, "gflops": nan, "images_per_s": nan,
+        "train_seconds": 0.0, "epochs": 0, "best_epoch": -1, "spec_hash": None,
+        "device": None, "curve": [], "splits": {}, "cases": None, "samples": None,
+        "pruning": [], "config": dict(cfg),
+    }
+
+
+def train_and_evaluate(config: dict[str, Any],
+                       report: Callable[[int, float], Any] | None = None) -> dict[str, Any]:
+    """Train one model on one dataset and evaluate it on the test split.
+
+    ``config``: see :data:`DEFAULTS` (at least ``model`` and ``dataset``; ``budget`` sets
+    epochs, n, widths and batch size unless given). ``report(epoch, val_iou)`` is called after
+    every epoch (0-based) with the validation IoU; an exception it raises (e.g. a pruner's)
+    propagates and ends the trial.
+
+    Returns a dict: ``status`` ('ok' or 'failed'), ``reason``, ``model`` (spec name),
+    ``dataset``, ``seed``, ``deep_supervision``, ``budget``, ``loss``, test metrics ``iou``,
+    ``dice``, ``iou_std``, ``dice_std``, ``hd95``, ``fp_empty``, ``n_cases``; costs ``params``
+    (inference network: main head only), ``gflops`` (forward, per image), ``images_per_s``
+    (inference), ``train_seconds``; ``epochs``, ``best_epoch``, ``spec_hash`` (canonical hash of
+    the spec as given), ``device``; ``curve`` (one dict per epoch: epoch, train_loss, val_iou,
+    val_dice, lr, seconds), ``splits`` (case ids of train/val/test), ``cases`` (per-case test
+    metrics, a DataFrame), ``samples`` (a few test images, ground truths and probabilities for
+    overlays), ``pruning`` (per level: level, params, images_per_s, iou, dice), ``config``.
+    """
+    import skipdsl
+    from skipdsl.data import load_dataset
+    from skipdsl.losses import build_loss
+    from skipdsl.train.metrics import aggregate, case_metrics, count_params, gflops
+
+    cfg = resolve_config(config)
+    budget = BUDGETS[cfg["budget"]]
+    result = _empty_result(cfg)
+    if cfg["threads"]:
+        torch.set_num_threads(int(cfg["threads"]))
+    gen = _seed_everything(int(cfg["seed"]))
+    device = _device(cfg["device"])
+    cuda = device.type == "cuda"
+    amp = cuda if cfg["amp"] == "auto" else bool(cfg["amp"])
+    use_cl = cuda if cfg["channels_last"] == "auto" else bool(cfg["channels_last"])
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+
+    # -- data ------------------------------------------------------------------------------
+    spec = load_spec(cfg["model"])
+    result["model"] = spec.name
+    result["spec_hash"] = skipdsl.spec_hash(spec)
+    n = cfg["n"]
+    ds = load_dataset(cfg["dataset"], root=cfg["data_root"], seed=int(cfg["data_seed"]),
+                      n=n if n is not None else _budget_n(budget, cfg["dataset"], cfg["data_root"]),
+                      cache_dir=cfg["cache_dir"])
+    dims = int(ds.dims)
+    is3d = dims == 3
+    splits = {k: np.asarray(ds.splits[k], dtype=np.int64) for k in ("train", "val", "test")}
+    case_ids = [str(c) for c in ds.case_ids]
+    result["splits"] = {k: [case_ids[i] for i in v] for k, v in splits.items()}
+    if len(splits["train"]) == 0 or len(splits["test"]) == 0:
+        raise ValueError(f"dataset '{cfg['dataset']}' has an empty train or test split: "
+                         f"{ {k: len(v) for k, v in splits.items()} }")
+    if len(splits["val"]) == 0:  # tiny data: select on the training split instead
+        splits["val"] = splits["train"]
+
+    images = _as_tensor(ds.images).float()
+    masks = _as_tensor(ds.masks)
+    # per-channel normalisation with training statistics
+    red = (0,) + tuple(range(2, images.dim()))
+    tr = images[torch.from_numpy(splits["train"])]
+    mean = tr.mean(dim=red, keepdim=True)
+    std = tr.std(dim=red, keepdim=True).clamp_min(1e-6)
+    raw_images = images
+    images = (images - mean[:1]) / std[:1]
+
+    # -- model -----------------------------------------------------------------------------
+    widths = cfg["widths"]
+    if widths is None:
+        widths = budget.widths_3d if is3d else budget.widths
+    widths = list(widths) if isinstance(widths, (list, tuple)) else widths
+    has_ds_heads = len(spec.heads) > 1
+    use_ds = bool(cfg["deep_supervision"]) and has_ds_heads
+    build = dict(in_channels=int(ds.in_channels), num_classes=int(ds.num_classes), dims=dims,
+                 widths=widths, cgm=cfg["cgm"])
+    model = skipdsl.compile(spec, deep_supervision=use_ds, **build).to(device)
+    memory_format = None
+    if use_cl:
+        memory_format = torch.channels_last_3d if is3d else torch.channels_last
+        model = model.to(memory_format=memory_format)
+    loss_name = cfg["loss"] or spec.loss or "bce_dice"
+    result["loss"] = loss_name
+    loss_fn = build_loss(loss_name, **(cfg["loss_kwargs"] or {}))
+
+    epochs = int(cfg["epochs"] or (budget.epochs_3d if is3d else budget.epochs))
+    bs = int(cfg["batch_size"] or (budget.batch_size_3d if is3d else budget.batch_size))
+    n_train = len(splits["train"])
+    bs = max(1, min(bs, n_train))
+    steps_per_epoch = max(1, n_train // bs)  # drop the last partial batch (BatchNorm)
+    opt = torch.optim.Adam(model.parameters(), lr=float(cfg["lr"]),
+                           weight_decay=float(cfg["weight_decay"]))
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(
+        opt, T_max=epochs * steps_per_epoch, eta_min=float(cfg["eta_min"]))
+    aug = AugmentConfig() if cfg["augment"] else AugmentConfig(rot90=False, flip=False,
+                                                                intensity=False)
+    result["device"] = str(device)
+
+    # data lives on the device for the whole trial (small benchmark sets)
+    train_x = images[torch.from_numpy(splits["train"])].to(device)
+    train_y = masks[torch.from_numpy(splits["train"])].to(device)
+    val_x = images[torch.from_numpy(splits["val"])]
+    val_y = masks[torch.from_numpy(splits["val"])]
+    eval_bs = max(bs, 1) * 2
+
+    # -- train -----------------------------------------------------------------------------
+    curve: list[dict[str, Any]] = []
+    best = (-math.inf, -1, None)
+    t0 = time.perf_counter()
+    try:
+        for epoch in range(epochs):
+            model.train()
+            te = time.perf_counter()
+            perm = torch.randperm(n_train, generator=gen)
+            losses = torch.zeros(steps_per_epoch, device=device)
+            for step in range(steps_per_epoch):
+                idx = perm[step * bs:(step + 1) * bs].to(device)
+                x, y = train_x.index_select(0, idx), train_y.index_select(0, idx)
+                x, y = augment_batch(x, y, config=aug, generator=gen)
+                if memory_format is not None:
+                    x = x.contiguous(memory_format=memory_format)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    out = model(x)
+                loss = loss_fn(out, y.float())
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                losses[step] = loss.detach().float()
+            bad = ~torch.isfinite(losses)
+            if bool(bad.any()):
+                first = int(bad.nonzero()[0])
+                raise Diverged(f"diverged: loss is {losses[first].item()} at epoch {epoch} "
+                               f"step {first} (lr {opt.param_groups[0]['lr']:.3g})")
+            probs = predict(model, val_x, eval_bs, amp=amp, memory_format=memory_format)
+            vm = aggregate(case_metrics(probs, val_y, threshold=cfg["threshold"]))
+            val_iou = vm["iou"] if not math.isnan(vm["iou"]) else 0.0
+            curve.append({"epoch": epoch, "train_loss": float(losses.mean()),
+                          "val_iou": vm["iou"], "val_dice": vm["dice"],
+                          "lr": float(opt.param_groups[0]["lr"]),
+                          "seconds": time.perf_counter() - te})
+            if val_iou > best[0]:
+                best = (val_iou, epoch, copy.deepcopy(model.state_dict()))
+            if report is not None:
+                report(epoch, float(vm["iou"]))
+    except Diverged as err:
+        result.update(status="failed", reason=str(err), curve=curve, epochs=len(curve),
+                      train_seconds=time.perf_counter() - t0)
+        return result
+    train_seconds = time.perf_counter() - t0
+    if best[2] is not None:
+        model.load_state_dict(best[2])
+
+    # -- evaluate on the test split --------------------------------------------------------
+    test_idx = torch.from_numpy(splits["test"])
+    test_x, test_y = images[test_idx], masks[test_idx]
+    hd95 = budget.hd95 if cfg["hd95"] is None else bool(cfg["hd95"])
+    probs = predict(model, test_x, eval_bs, amp=amp, memory_format=memory_format)
+    cases = case_metrics(probs, test_y, threshold=cfg["threshold"], hd95=hd95)
+    test_ids = [case_ids[i] for i in splits["test"]]
+    cases.insert(1, "case_id", [test_ids[c] for c in cases["case"]])
+    agg = aggregate(cases)
+
+    # costs, measured on the inference network (main head only, weights shared)
+    infer = model
+    if use_ds:
+        infer = skipdsl.compile(spec, deep_supervision=False, **build).to(device)
+        missing, _ = infer.load_state_dict(model.state_dict(), strict=False)
+        if missing:
+            infer = model
+    shape = tuple(images.shape[1:])
+    iters = int(cfg["throughput_iters"] or budget.throughput_iters)
+    pruning = []
+    if use_ds and cfg["prune"] and hasattr(skipdsl, "prune"):
+        pruning = _pruning_levels(model, test_x, test_y, shape, eval_bs, device, iters, cfg,
+                                  amp, memory_format)
+
+    result.update(
+        iou=agg["iou"], dice=agg["dice"], iou_std=agg["iou_std"], dice_std=agg["dice_std"],
+        hd95=agg["hd95"], fp_empty=agg["fp_empty"], n_cases=agg["n_cases"],
+        params=int(count_params(infer)),
+        gflops=float(gflops(infer, shape)),
+        images_per_s=_throughput(infer, shape, eval_bs, iters, device, is3d),
+        train_seconds=train_seconds, epochs=len(curve), best_epoch=int(best[1]),
+        curve=curve, cases=cases, pruning=pruning, widths=list(infer.spec.widths),
+        dims=dims, in_channels=int(ds.in_channels), num_classes=int(ds.num_classes),
+        samples=_samples(raw_images[test_idx], test_y, probs, test_ids,
+                         int(cfg["samples"] if cfg["samples"] is not None else budget.samples)),
+    )
+    return result
+
+
+def _throughput(model, shape, eval_bs, iters, device, is3d) -> float:
+    """Inference images/s at a small batch (one volume in 3D), one warm-up pass."""
+    from skipdsl.train.metrics import inference_throughput
+
+    batch = 1 if is3d else min(eval_bs, 8)
+    return float(inference_throughput(model, shape, batch=batch, iters=iters, device=device,
+                                      warmup=1))
+
+
+def planned_epochs(config: dict[str, Any]) -> int:
+    """The number of epochs a config will train (for progress bars)."""
+    cfg = resolve_config(config)
+    b = BUDGETS[cfg["budget"]]
+    return int(cfg["epochs"] or (b.epochs_3d if _is_3d(cfg["dataset"], cfg["data_root"])
+                                 else b.epochs))
+
+
+def _budget_n(budget: Budget, dataset: str, root: Any) -> int | None:
+    """The budget's image count for a dataset (3D sets get ``n_3d``)."""
+    if budget.n is None and budget.n_3d is None:
+        return None
+    return budget.n_3d if _is_3d(dataset, root) else budget.n
+
+
+def _is_3d(dataset: str, root: Any) -> bool:
+    """Whether a dataset name is registered as 3D (unregistered family names: by suffix)."""
+    from skipdsl.data import DATASETS
+
+    if dataset in DATASETS:
+        return DATASETS.get(dataset).dims == 3
+    return dataset.lower().endswith("3d")
+
+
+def _pruning_levels(model, test_x, test_y, shape, eval_bs, device, iters, cfg, amp,
+                    memory_format) -> list[dict[str, Any]]:
+    """Params, images/s and test IoU of each pruned sub-network x_0_1 .. x_0_(depth-1)."""
+    import skipdsl
+    from skipdsl.train.metrics import aggregate, case_metrics, count_params
+
+    out = []
+    for level in range(1, model.spec.depth):
+        if f"x_0_{level}" not in getattr(model, "head_ids", []):
+            continue
+        try:
+            sub = skipdsl.prune(model, level=level)
+        except Exception:  # a spec that cannot be pruned at this level
+            continue
+        probs = predict(sub, test_x, eval_bs, amp=amp, memory_format=memory_format)
+        agg = aggregate(case_metrics(probs, test_y, threshold=cfg["threshold"]))
+        out.append({"level": level, "params": int(count_params(sub)),
+                    "images_per_s": _throughput(sub, shape, eval_bs, iters, device,
+                                                len(shape) == 4),
+                    "iou": agg["iou"], "dice": agg["dice"]})
+    return out
