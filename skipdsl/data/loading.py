@@ -1,12 +1,18 @@
 """``load_dataset``, ``list_datasets``, ``expand_datasets`` and the synthetic-data cache.
 
-Synthetic datasets are generated once per (name, generator version, n, seed) and cached as
-``.npz`` under ``cache_dir`` (default ``$SKIPDSL_CACHE`` or ``~/.cache/skipdsl/data``), written
-atomically (temporary file + ``os.replace``) so concurrent runs never read half a file. Real
-datasets are read from ``ROOT/<folder>`` (``root`` argument or ``$SKIPDSL_DATA``) each time.
+Every dataset is cached as ``.npz`` under ``cache_dir`` (default ``$SKIPDSL_CACHE`` or
+``~/.cache/skipdsl/data``; ``cache_dir=False`` turns caching off), written atomically
+(temporary file + ``os.replace``) so concurrent runs never read half a file:
+
+* synthetic ones per (name, generator version and source hash, n, seed);
+* real ones (read from ``ROOT/<folder>``, ``root`` argument or ``$SKIPDSL_DATA``) per load
+  options, loader source hash and a fingerprint of every file under the dataset folder (path,
+  size, mtime), so that changing, adding or removing a file re-reads the data. Files skipped
+  with ``on_error="skip"`` are warned about again when the cache is used.
 """
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import functools
 import hashlib
@@ -17,7 +23,7 @@ import sys
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Literal
 
 import numpy as np
 
@@ -66,7 +72,7 @@ def load_dataset(
     root: str | Path | None = None,
     seed: int = 0,
     n: int | None = None,
-    cache_dir: str | Path | None = None,
+    cache_dir: str | Path | Literal[False] | None = None,
     on_error: OnError = "raise",
     dims: int | None = None,
     slices_per_case: int = 16,
@@ -80,21 +86,27 @@ def load_dataset(
         seed: generator seed (synthetic) and split seed (all).
         n: synthetic: number of samples (default: the dataset's ``default_n``); real: read at
             most this many cases (images/volumes), first by sorted name.
-        cache_dir: where synthetic datasets are cached (default :func:`default_cache_dir`).
+        cache_dir: where datasets are cached (default :func:`default_cache_dir`); ``False``
+            reads or generates without caching.
         on_error: ``"raise"`` a :class:`~skipdsl.errors.DataError` for a bad file, or
             ``"skip"`` it with a :class:`DataWarning` naming it.
         dims: 2 reads a 3D dataset as axial slices; 3 asks for volumes (3D datasets only).
         slices_per_case: real 3D volumes read as 2D: evenly spaced slices per volume.
     """
     entry, member = _entry(name)
+    cache = None if cache_dir is False else Path(cache_dir) if cache_dir else default_cache_dir()
     if entry.kind == "synthetic":
-        ds = _cached_synthetic(entry, n=n or entry.default_n, seed=seed,
-                               cache_dir=Path(cache_dir) if cache_dir else default_cache_dir())
+        n = n or int(entry.default_n or 0)
+        path = cache and cache / f"{entry.name}-{_version(entry)}-n{n}-s{seed}.npz"
+        ds = _cached(path, lambda: _synthetic(entry, n, seed))
     else:
         opts = LoadOptions(seed=seed, n=n, on_error=on_error, dims=dims,
                            slices_per_case=slices_per_case)
         folder = _real_folder(entry, root)
-        ds = entry.build(folder / member, opts) if member else entry.build(folder, opts)
+        folder = folder / member if member else folder
+        key = _real_key(entry, folder, opts) if cache else ""
+        path = cache and cache / f"{name.replace(FAMILY_SEP, '_')}-{key}.npz"
+        ds = _cached(path, lambda: entry.build(folder, opts))
     return _with_dims(ds, dims)
 
 
@@ -171,33 +183,58 @@ def _with_dims(ds: SegDataset, dims: int | None) -> SegDataset:
                     found=dims)
 
 
+_SHARED = ("skipdsl.data.base", "skipdsl.data.arrays", "skipdsl.data.readers")
+
+
 @functools.cache
-def _code_hash(module: str) -> str:
-    """Short hash of a generator module's source: editing a generator invalidates its caches."""
-    try:
-        src = inspect.getsource(sys.modules[module])
-    except (OSError, TypeError, KeyError):
-        return "nosrc"
-    return hashlib.sha256(src.encode()).hexdigest()[:8]
+def _code_hash(*modules: str) -> str:
+    """Short hash of modules' source: editing a generator or loader invalidates its caches."""
+    h = hashlib.sha256()
+    for module in modules:
+        try:
+            h.update(inspect.getsource(sys.modules[module]).encode())
+        except (OSError, TypeError, KeyError):
+            h.update(f"nosrc:{module}".encode())
+    return h.hexdigest()[:8]
 
 
-def cache_path(cache_dir: Path, entry: DatasetEntry, n: int, seed: int) -> Path:
-    """Where a synthetic dataset is cached: ``<name>-v<version>.<code hash>-n<n>-s<seed>.npz``."""
-    tag = f"v{entry.version}.{_code_hash(entry.build.__module__)}"
-    return cache_dir / f"{entry.name}-{tag}-n{n}-s{seed}.npz"
+def _version(entry: DatasetEntry) -> str:
+    """Generator/loader version: the registered number plus a hash of the code it runs."""
+    return f"v{entry.version}.{_code_hash(entry.build.__module__, *_SHARED)}"
 
 
-def _cached_synthetic(entry: DatasetEntry, *, n: int, seed: int, cache_dir: Path) -> SegDataset:
-    path = cache_path(cache_dir, entry, n, seed)
+def _real_key(entry: DatasetEntry, folder: Path, opts: LoadOptions) -> str:
+    """Hash of what a real dataset's arrays depend on: options, loader code, the files."""
+    files = sorted((str(p.relative_to(folder)), st.st_size, st.st_mtime_ns)
+                   for p in folder.rglob("*") if p.is_file() and (st := p.stat()))
+    key = json.dumps([str(folder.resolve()), dataclasses.asdict(opts), _version(entry), files])
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def _synthetic(entry: DatasetEntry, n: int, seed: int) -> SegDataset:
+    ds = entry.build(n, seed)
+    ds.meta.update({"source": "synthetic", "generator_version": _version(entry), "n": n,
+                    "files": []})
+    return ds
+
+
+def _cached(path: Path | None, make: Callable[[], SegDataset]) -> SegDataset:
+    """``read_npz(path)`` if it is there and readable, else ``make()`` and write it there."""
+    if path is None:
+        return make()
     if path.exists():
         try:
-            return read_npz(path)
+            ds = read_npz(path)
         except Exception as err:  # a corrupt cache is rebuilt, never fatal
             warnings.warn(f"{path}: unreadable cache ({type(err).__name__}: {err}); "
-                          "regenerating it", DataWarning, stacklevel=3)
-    ds = entry.build(n, seed)
-    ds.meta.update({"source": "synthetic", "generator_version": entry.version, "n": n,
-                    "files": [str(path)]})
+                          "rebuilding it", DataWarning, stacklevel=3)
+        else:
+            for skipped in ds.meta.get("skipped", []):
+                warnings.warn(f"skipped (cached in {path.name}): {skipped}", DataWarning,
+                              stacklevel=3)
+            return ds
+    ds = make()
+    ds.meta["cache"] = str(path)
     write_npz(ds, path)
     return ds
 

@@ -1,4 +1,8 @@
-"""Draw samples of a dataset with their mask overlays to a PNG (matplotlib, Agg backend)."""
+"""Draw samples of a dataset with their mask overlays to a PNG.
+
+Uses matplotlib's object API (``Figure`` rendered by Agg), never pyplot, so it neither needs
+a display nor changes the backend of an interactive session.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -65,10 +69,8 @@ def show(name_or_dataset: str | SegDataset, out_path: str | Path, n: int = 4,
     ``name_or_dataset`` is a dataset or a name for :func:`skipdsl.data.load_dataset` (with
     ``root`` and ``load_kwargs``). Returns the path written.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
 
     if isinstance(name_or_dataset, SegDataset):
         ds = name_or_dataset
@@ -77,8 +79,9 @@ def show(name_or_dataset: str | SegDataset, out_path: str | Path, n: int = 4,
 
         ds = load_dataset(name_or_dataset, root=root, **load_kwargs)
     picks = pick_samples(ds, n)
-    fig, axes = plt.subplots(2, max(len(picks), 1), figsize=(2.3 * max(len(picks), 1), 5.0),
-                             squeeze=False)
+    cols = max(len(picks), 1)
+    fig = Figure(figsize=(2.3 * cols, 5.0))
+    axes = fig.subplots(2, cols, squeeze=False)
     for col, i in enumerate(picks):
         img, msk, label = _plane(ds, i)
         shown, cmap = _display(ds, img)
@@ -91,7 +94,7 @@ def show(name_or_dataset: str | SegDataset, out_path: str | Path, n: int = 4,
         axes[0, col].set_title(label, fontsize=7)
         present = [c for c, m in zip(ds.class_names, msk) if m.any()]
         axes[1, col].set_xlabel(", ".join(present) or "(empty)", fontsize=7)
-    handles = [plt.Rectangle((0, 0), 1, 1, color=CLASS_COLOURS[k % len(CLASS_COLOURS)])
+    handles = [Rectangle((0, 0), 1, 1, color=CLASS_COLOURS[k % len(CLASS_COLOURS)])
                for k in range(ds.num_classes)]
     fig.legend(handles, ds.class_names, loc="lower center", ncol=ds.num_classes, fontsize=8,
                frameon=False)
@@ -101,5 +104,4 @@ def show(name_or_dataset: str | SegDataset, out_path: str | Path, n: int = 4,
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
-    plt.close(fig)
     return out

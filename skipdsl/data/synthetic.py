@@ -225,7 +225,8 @@ def nuclei2d(n: int, seed: int) -> SegDataset:
     masks = (inst > 0)[:, None].astype(np.uint8)
     return SegDataset.create("nuclei2d", 2, images, masks, ["nucleus"], _ids("nuclei", n),
                              instances=inst, seed=seed,
-                             meta={"normalisation": "z-score per image and channel", "display": "rgb"})
+                             meta={"normalisation": "z-score per image and channel",
+                                   "display": "rgb"})
 
 
 # --------------------------------------------------------------------------- brain_tumor2d
