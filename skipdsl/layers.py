@@ -148,10 +148,11 @@ def identity_block(in_channels: int, out_channels: int, *, dims: int, **_: objec
 
 
 def init_he(module: nn.Module) -> None:
-    """He (Kaiming) initialisation of convolutions, unit norms: the references' init."""
+    """He (Kaiming, fan_in) initialisation of convolutions, unit norms, as the UNet 3+ reference
+    code does; fan_in keeps a 1-channel output head from starting with saturated logits."""
     for m in module.modules():
         if isinstance(m, (nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm)):

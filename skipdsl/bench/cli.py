@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -141,18 +140,19 @@ def _cmd_list(a: argparse.Namespace) -> int:
 
 
 def _load_speed():
-    """``benchmarks/speed.py``'s module: importable, or from the repository next to the package."""
+    """``benchmarks.speed``: importable as is, or from the repository root (the current folder
+    or the one holding the package); ``None`` when there is none."""
     try:
         return importlib.import_module("benchmarks.speed")
     except ImportError:
         pass
     for root in (Path.cwd(), Path(__file__).resolve().parents[2]):
-        path = root / "benchmarks" / "speed.py"
-        if path.is_file():
-            spec = importlib.util.spec_from_file_location("skipdsl_benchmarks_speed", path)
-            mod = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(mod)  # type: ignore[union-attr]
-            return mod
+        if (root / "benchmarks" / "speed.py").is_file():
+            sys.path.insert(0, str(root))
+            try:
+                return importlib.import_module("benchmarks.speed")
+            except ImportError:
+                sys.path.remove(str(root))
     return None
 
 
@@ -162,7 +162,10 @@ def _cmd_speed(args: list[str]) -> int:
         print("bench speed: benchmarks/speed.py (with main(argv)) was not found; run it from "
               "the repository root", file=sys.stderr)
         return 2
-    rc = mod.main(args)
+    import inspect
+
+    takes_prog = "prog" in inspect.signature(mod.main).parameters
+    rc = mod.main(args, prog="bench speed") if takes_prog else mod.main(args)
     return int(rc or 0)
 
 

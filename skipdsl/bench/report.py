@@ -22,6 +22,7 @@ from . import store
 __all__ = ["build_report", "table1"]
 
 
+
 def _fmt_params(p: Any) -> str:
     try:
         p = float(p)
@@ -54,29 +55,46 @@ def _group_metrics(cases, results_ok) -> dict[tuple, dict[str, float]]:
     return out
 
 
-def table1(results: list[dict[str, Any]], cases) -> tuple[str, list[str], list[str]]:
-    """The Table 1 markdown (IoU % mean ± std per model x dataset, no DS / DS) and its axes."""
+def _dataset_dims(results: list[dict[str, Any]]) -> dict[str, int]:
+    dims: dict[str, int] = {}
+    for r in results:
+        d = r.get("dataset")
+        if d and r.get("dims"):
+            dims[d] = int(r["dims"])
+    for r in results:
+        d = r.get("dataset")
+        if d and d not in dims:
+            dims[d] = 3 if str(d).lower().endswith("3d") else 2
+    return dims
+
+
+def table1(results: list[dict[str, Any]], cases, datasets: list[str] | None = None) -> str:
+    """Table 1 markdown: IoU % mean ± std per model x dataset, without / with DS, and params.
+
+    ``datasets``: the columns (default: every dataset in ``results``).
+    """
     ok = [r for r in results if r.get("status") == "ok"]
-    models = sorted({r["model"] for r in results if r.get("model")})
-    datasets = sorted({r["dataset"] for r in results if r.get("dataset")})
-    ds_any = {(r["model"], r["dataset"]) for r in ok if r.get("deep_supervision")}
-    show_ds = bool(ds_any)
+    datasets = sorted({r["dataset"] for r in results if r.get("dataset")}
+                      if datasets is None else datasets)
+    models = sorted({r["model"] for r in results if r.get("model") and r["dataset"] in datasets})
+    show_ds = any(r.get("deep_supervision") for r in ok)
     agg = _group_metrics(cases, ok)
     head = ["Architecture", "Params"]
     for d in datasets:
         head += [f"{d} (no DS)", f"{d} (DS)"] if show_ds else [d]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m in models:
-        params = sorted({int(r["params"]) for r in ok if r["model"] == m and r.get("params")})
-        p = ("-" if not params else _fmt_params(params[0]) if len(params) == 1
-             else f"{_fmt_params(params[0])}–{_fmt_params(params[-1])}")
+        params = sorted({int(r["params"]) for r in ok
+                         if r["model"] == m and r["dataset"] in datasets and r.get("params")})
+        shown = list(dict.fromkeys(_fmt_params(x) for x in params))
+        p = "-" if not shown else shown[0] if len(shown) == 1 else f"{shown[0]}–{shown[-1]}"
         row = [m, p]
         for d in datasets:
             for ds in ((False, True) if show_ds else (False,)):
                 a = agg.get((m, d, ds))
                 row.append(_pm(a["iou"], a["iou_std"]) if a else "-")
         lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines), models, datasets
+    return "\n".join(lines)
 
 
 def _metric_table(agg: dict, models: list[str], datasets: list[str], key: str, scale: float,
@@ -194,7 +212,7 @@ def _curve_plots(curves, plots: Path) -> list[Path]:
 
 def _show_image(img: np.ndarray) -> np.ndarray:
     img = img.astype(np.float32)
-    img = img[:3] if img.shape[0] >= 3 else img[:1]
+    img = img if img.shape[0] == 3 else img[:1]  # RGB, else the first channel in grey
     lo, hi = np.percentile(img, 1), np.percentile(img, 99)
     img = np.clip((img - lo) / max(hi - lo, 1e-6), 0, 1)
     return np.moveaxis(img, 0, -1) if img.shape[0] == 3 else img[0]
@@ -275,6 +293,9 @@ def _pruning_plot(results: list[dict[str, Any]], plots: Path) -> list[Path]:
         ax.set_title(title)
         ax.grid(alpha=0.3)
     axes[0].set_yscale("log")
+    axes[1].set_yscale("log")
+    for ax in axes:
+        ax.set_xticks(sorted({p["level"] for _, p in rows}))
     axes[2].legend(fontsize=7)
     fig.tight_layout()
     path = plots / "pruning.png"
@@ -300,13 +321,25 @@ def build_report(out: str | os.PathLike, *, plots: bool = True) -> Path:
     from skipdsl.train.metrics import empty_rule
 
     out = Path(out)
+    if not out.is_dir():
+        raise FileNotFoundError(f"no benchmark output folder '{out}' (bench run --out {out} "
+                                "writes one)")
     store.write_tables(out)
     results = store.load_results(out)
     cases = store.load_cases(out, results)
     curves = store.load_curves(results)
     ok = [r for r in results if r.get("status") == "ok"]
     failed = [r for r in results if r.get("status") != "ok"]
-    table, models, datasets = table1(results, cases)
+    dims = _dataset_dims(results)
+    datasets = sorted(dims)
+    models = sorted({r["model"] for r in results if r.get("model")})
+    tables = []
+    for nd in (2, 3):
+        cols = [d for d in datasets if dims[d] == nd]
+        if cols:
+            title = ("## Table 1: test IoU (%), mean ± std over cases (all seeds pooled)"
+                     if nd == 2 else "## 3D: test IoU (%), mean ± std over cases")
+            tables += [title, "", table1(results, cases, cols), ""]
     agg = _group_metrics(cases, ok)
     budgets = sorted({str(r.get("budget")) for r in results})
     seeds = sorted({int(r.get("seed") or 0) for r in results})
@@ -327,13 +360,11 @@ def build_report(out: str | os.PathLike, *, plots: bool = True) -> Path:
         f"{', '.join(budgets) or '-'}; seeds {', '.join(map(str, seeds)) or '-'}. "
         "Rebuild with `bench report " + str(out) + "`.",
         "",
-        "## Table 1: test IoU (%), mean ± std over cases (all seeds pooled)",
+        "Tables in the UNet# paper's Table 1 layout. Params: the inference network (main head "
+        "only) as trained on these datasets' channels and widths (a range when they differ). "
+        "No DS / DS: trained without / with deep supervision.",
         "",
-        "Layout of the UNet# paper's Table 1. Params: the inference network (main head only) as "
-        "trained on these datasets' channels and widths (a range when they differ).",
-        "",
-        table,
-        "",
+        *tables,
         "## Dice (%), mean ± std",
         "",
         _metric_table(agg, models, datasets, "dice", 100, 2, "dice_std"),

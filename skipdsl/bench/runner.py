@@ -21,7 +21,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 from . import store
 
@@ -255,6 +255,8 @@ def run_sweep(
     threads = max(1, int(math.ceil(cpus_per_trial)))
     for t in pending:
         t.config.setdefault("threads", threads)
+        if 0 < gpus_per_trial < 1:
+            t.config.setdefault("gpu_memory_fraction", gpus_per_trial)
     with _Progress(len(trials), len(summary.skipped), progress, console) as prog:
         if summary.skipped:
             prog.console.print(f"{len(summary.skipped)} of {len(trials)} trials already in "
@@ -292,6 +294,51 @@ def _ray_trainable(config: dict[str, Any]) -> None:
                  "trial_payload": result})
 
 
+def _store_callback_class(tune):
+    """A Tune callback that stores each trial's result in the driver as it arrives."""
+
+    class StoreCallback(tune.Callback):
+        def __init__(self, out: Path, by_key: dict[str, Trial], summary: SweepSummary,
+                     prog: _Progress) -> None:
+            self.out, self.by_key, self.summary, self.prog = out, by_key, summary, prog
+            self.stored: set[str] = set()
+
+        def __getstate__(self) -> dict[str, Any]:  # Tune pickles its run config: drop state
+            return {}
+
+        def _trial(self, trial) -> Trial:
+            return self.by_key[trial.config["trial"]["key"]]
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            self.prog.start(self._trial(trial))
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            t = self._trial(trial)
+            payload = result.get("trial_payload")
+            if payload is None:
+                self.prog.epoch(t, int(result.get("epoch", 0)),
+                                float(result.get("val_iou", float("nan"))))
+            elif t.key not in self.stored:
+                self.stored.add(t.key)
+                _store(self.out, t, payload, self.summary, self.prog)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            t = self._trial(trial)
+            if t.key in self.stored:
+                return
+            self.stored.add(t.key)
+            reason = "trial process died"
+            try:
+                err = trial.get_error()
+                if err is not None:
+                    reason = str(err).strip().splitlines()[-1][:500]
+            except Exception:
+                pass
+            _store(self.out, t, _failure(t, reason), self.summary, self.prog)
+
+    return StoreCallback
+
+
 def _cpu_count() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -309,35 +356,10 @@ def _run_ray(pending: list[Trial], out: Path, summary: SweepSummary, prog: _Prog
     import ray
     from ray import tune
 
-    by_key = {t.key: t for t in pending}
-    stored: set[str] = set()
-
-    class StoreCallback(tune.Callback):
-        def on_trial_start(self, iteration, trials, trial, **info):
-            prog.start(by_key[trial.config["trial"]["key"]])
-
-        def on_trial_result(self, iteration, trials, trial, result, **info):
-            t = by_key[trial.config["trial"]["key"]]
-            payload = result.get("trial_payload")
-            if payload is None:
-                prog.epoch(t, int(result.get("epoch", 0)), float(result.get("val_iou", 0.0)))
-            elif t.key not in stored:
-                stored.add(t.key)
-                _store(out, t, payload, summary, prog)
-
-        def on_trial_error(self, iteration, trials, trial, **info):
-            t = by_key[trial.config["trial"]["key"]]
-            if t.key in stored:
-                return
-            stored.add(t.key)
-            reason = "trial process died"
-            try:
-                err = trial.get_error()
-                if err is not None:
-                    reason = str(err).strip().splitlines()[-1][:500]
-            except Exception:
-                pass
-            _store(out, t, _failure(t, reason), summary, prog)
+    # the store holds the results: Tune's own loggers are off, so its end-of-run analysis
+    # has no metrics files to read and would warn about each trial
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    callback = _store_callback_class(tune)(out, {t.key: t for t in pending}, summary, prog)
 
     # workers must import skipdsl: installed, or through PYTHONPATH (same machine / shared fs)
     pkg_root = str(Path(__file__).resolve().parents[2])
@@ -358,6 +380,13 @@ def _run_ray(pending: list[Trial], out: Path, summary: SweepSummary, prog: _Prog
                      include_dashboard=False, **kw)
         started = True
     try:
+        have = ray.cluster_resources()
+        if gpus_per_trial > have.get("GPU", 0) or cpus_per_trial > have.get("CPU", 0):
+            raise ValueError(
+                f"a trial asks for {cpus_per_trial} CPU and {gpus_per_trial} GPU but the Ray "
+                f"cluster has {have.get('CPU', 0):g} CPU and {have.get('GPU', 0):g} GPU in all; "
+                "lower --cpus-per-trial/--gpus-per-trial (no GPU visible: leave "
+                "--gpus-per-trial at 0)")
         trainable = tune.with_resources(_ray_trainable,
                                         {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
         tuner = tune.Tuner(
@@ -371,7 +400,7 @@ def _run_ray(pending: list[Trial], out: Path, summary: SweepSummary, prog: _Prog
                 name=time.strftime("sweep-%Y%m%d-%H%M%S"),
                 storage_path=str(out / ".tune"),
                 verbose=1 if verbose else 0,
-                callbacks=[StoreCallback()],
+                callbacks=[callback],
                 failure_config=tune.FailureConfig(max_failures=0),
                 log_to_file=True,
             ),

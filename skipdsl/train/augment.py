@@ -62,7 +62,7 @@ def augment_batch(
     x, y = images, masks
     t = fh = fw = None
     if config.rot90 and images.shape[-1] == images.shape[-2]:
-        # rot90(x, k) = [transpose if k odd] then [flip H if k in (1, 2)] then [flip W if k in (2, 3)]
+        # rot90(x, k) = transpose if k odd, then flip H if k in (1, 2), then flip W if k >= 2
         k = torch.randint(0, 4, (n,), generator=generator).to(dev)
         t, fh, fw = k % 2 == 1, (k == 1) | (k == 2), k >= 2
     if config.flip:

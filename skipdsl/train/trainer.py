@@ -28,8 +28,8 @@ import torch
 
 from .augment import AugmentConfig, augment_batch
 
-__all__ = ["Budget", "BUDGETS", "DEFAULTS", "resolve_config", "train_and_evaluate", "planned_epochs",
-           "Diverged"]
+__all__ = ["Budget", "BUDGETS", "DEFAULTS", "Diverged", "resolve_config", "train_and_evaluate",
+           "planned_epochs"]
 
 
 @dataclass(frozen=True)
@@ -53,9 +53,9 @@ class Budget:
 #: ``smoke``: minutes on 2 CPU cores for the whole zoo x datasets sweep (tiny widths, few
 #: epochs, small n); ``short``: a real but quick comparison; ``paper``: the papers' 100 epochs.
 BUDGETS: dict[str, Budget] = {
-    "smoke": Budget("smoke", epochs=12, epochs_3d=4, n=128, n_3d=12,
-                    widths=(8, 16, 32, 64, 128), widths_3d=(4, 8, 16, 32, 64), batch_size=8,
-                    batch_size_3d=2, throughput_iters=3),
+    "smoke": Budget("smoke", epochs=10, epochs_3d=3, n=96, n_3d=8,
+                    widths=(8, 16, 32, 64, 128), widths_3d=(4, 8, 16, 32, 64), batch_size=4,
+                    batch_size_3d=2, throughput_iters=2),
     "short": Budget("short", epochs=20, epochs_3d=20, n=None, n_3d=None,
                     widths=(16, 32, 64, 128, 256), widths_3d=(8, 16, 32, 64, 128),
                     batch_size=16, batch_size_3d=2, hd95=True),
@@ -87,6 +87,7 @@ DEFAULTS: dict[str, Any] = {
     "cache_dir": None,
     "device": "auto",  # auto: cuda if visible, else cpu
     "threads": None,  # torch CPU threads (the runner sets it to the trial's CPUs)
+    "gpu_memory_fraction": None,  # cap this process's share of GPU memory (packed trials)
     "amp": "auto",  # bf16 autocast on CUDA
     "channels_last": "auto",  # on CUDA
     "hd95": None,
@@ -103,7 +104,7 @@ class Diverged(RuntimeError):
 
 def resolve_config(config: dict[str, Any]) -> dict[str, Any]:
     """``config`` with every key of :data:`DEFAULTS`; unknown keys raise ``ValueError``."""
-    unknown = sorted(set(config) - set(DEFAULTS) - {"trial_key"})
+    unknown = sorted(set(config) - set(DEFAULTS))
     if unknown:
         raise ValueError(f"unknown trainer config key(s) {unknown}; valid: {sorted(DEFAULTS)}")
     out = {**DEFAULTS, **{k: v for k, v in config.items() if v is not None}}
@@ -166,7 +167,7 @@ def predict(model: torch.nn.Module, images: torch.Tensor, batch_size: int, *, am
 
 def _pick_samples(target: np.ndarray, k: int) -> np.ndarray:
     """Indices of up to ``k`` cases, those with the most foreground first."""
-    area = target.reshape(target.shape[0], -1).sum(1)
+    area = target.reshape(target.shape[0], -1).astype(np.int64).sum(1)  # uint8: no wrap-around
     return np.argsort(-area, kind="stable")[:k]
 
 
@@ -228,16 +229,25 @@ def train_and_evaluate(config: dict[str, Any],
     metrics, a DataFrame), ``samples`` (a few test images, ground truths and probabilities for
     overlays), ``pruning`` (per level: level, params, images_per_s, iou, dice), ``config``.
     """
+    cfg = resolve_config(config)
+    threads = torch.get_num_threads()
+    if cfg["threads"]:
+        torch.set_num_threads(int(cfg["threads"]))
+    try:
+        return _train_and_evaluate(cfg, report)
+    finally:  # a trial run in-process (local backend, search) leaves the caller's setting
+        torch.set_num_threads(threads)
+
+
+def _train_and_evaluate(cfg: dict[str, Any],
+                        report: Callable[[int, float], Any] | None) -> dict[str, Any]:
     import skipdsl
     from skipdsl.data import load_dataset
     from skipdsl.losses import build_loss
     from skipdsl.train.metrics import aggregate, case_metrics, count_params, gflops
 
-    cfg = resolve_config(config)
     budget = BUDGETS[cfg["budget"]]
     result = _empty_result(cfg)
-    if cfg["threads"]:
-        torch.set_num_threads(int(cfg["threads"]))
     gen = _seed_everything(int(cfg["seed"]))
     device = _device(cfg["device"])
     cuda = device.type == "cuda"
@@ -245,6 +255,11 @@ def train_and_evaluate(config: dict[str, Any],
     use_cl = cuda if cfg["channels_last"] == "auto" else bool(cfg["channels_last"])
     if cuda:
         torch.backends.cudnn.benchmark = True
+        frac = cfg["gpu_memory_fraction"]
+        if frac is not None and 0 < float(frac) < 1:
+            # Ray does not enforce fractional GPUs: trials packed on one GPU each keep to
+            # their share of its memory instead of starving the others
+            torch.cuda.set_per_process_memory_fraction(float(frac), device)
 
     # -- data ------------------------------------------------------------------------------
     spec = load_spec(cfg["model"])
@@ -404,7 +419,7 @@ def _throughput(model, shape, eval_bs, iters, device, is3d) -> float:
     """Inference images/s at a small batch (one volume in 3D), one warm-up pass."""
     from skipdsl.train.metrics import inference_throughput
 
-    batch = 1 if is3d else min(eval_bs, 8)
+    batch = 1 if is3d else max(1, min(eval_bs // 2, 8))
     return float(inference_throughput(model, shape, batch=batch, iters=iters, device=device,
                                       warmup=1))
 
