@@ -72,7 +72,7 @@ def he_init(module: nn.Module) -> None:
     """Kaiming-normal (fan_out, ReLU) convolutions, unit BatchNorm: the references' init."""
     for m in module.modules():
         if isinstance(m, (nn.Conv2d, nn.Conv3d)):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm3d)):

@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--loss", default=None, help="override the specs' losses")
     r.add_argument("--hd95", action=argparse.BooleanOptionalAction, default=None,
                    help="measure HD95 (default: short and paper budgets)")
+    r.add_argument("--cgm", action=argparse.BooleanOptionalAction, default=None,
+                   help="classification-guided module on the heads that name one")
     r.add_argument("--device", default=None, help="auto (default), cpu or cuda")
     r.add_argument("--retry-failed", action="store_true", help="re-run failed trials")
     r.add_argument("--no-report", action="store_true", help="skip report.md and plots")
@@ -102,7 +104,8 @@ def _cmd_run(a: argparse.Namespace) -> int:
     out = Path(a.out or f"runs/bench-{a.budget}")
     overrides = {"epochs": a.epochs, "n": a.n, "widths": _widths(a.widths),
                  "batch_size": a.batch_size, "lr": a.lr, "loss": a.loss, "hd95": a.hd95,
-                 "data_root": a.data_root, "cache_dir": a.cache_dir, "device": a.device}
+                 "data_root": a.data_root, "cache_dir": a.cache_dir, "device": a.device,
+                 "cgm": a.cgm}
     trials = runner.plan(models, datasets, seeds=seeds, deep_supervision=a.ds, budget=a.budget,
                          overrides=overrides)
     from rich.console import Console
