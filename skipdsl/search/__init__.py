@@ -1,0 +1,15 @@
+"""Architecture search over skip topologies: a space file -> sampled DSL specs -> trained and
+measured trials in an Optuna study (NSGA-II / TPE; SQLite or PostgreSQL; Optuna or Ray Tune).
+
+    >>> from skipdsl.search import run_search, load_space
+    >>> run_search(dataset="nuclei2d", trials=12, budget="smoke", out="runs/search")
+
+Optuna, Ray and matplotlib are imported by the functions that use them.
+"""
+from .objective import OBJECTIVES, SearchConfig
+from .runner import report, run_search
+from .space import SearchSpace, list_spaces, load_space, loads_space, scale_spec
+from .study import SearchError
+
+__all__ = ["run_search", "report", "load_space", "loads_space", "list_spaces", "SearchSpace",
+           "SearchConfig", "SearchError", "OBJECTIVES", "scale_spec"]

@@ -35,7 +35,8 @@ def add_subparsers(sub) -> None:
                    "superset)")
     r.add_argument("--dataset", required=True, help="dataset name (skipdsl.data.list_datasets)")
     r.add_argument("--trials", type=_positive_int, required=True,
-                   help="trials the study should hold (all workers together)")
+                   help="networks the study should evaluate (all workers together; invalid and "
+                   "too costly samples are recorded but not counted)")
     r.add_argument("--budget", default="smoke", choices=("smoke", "short", "paper"))
     r.add_argument("--out", required=True, help="output folder (and SQLite study by default)")
     r.add_argument("--backend", default="optuna", choices=("optuna", "ray"))
@@ -60,10 +61,14 @@ def add_subparsers(sub) -> None:
                    help="finished trials before pruning starts (4)")
     r.add_argument("--width-scale", type=float, default=None,
                    help="train at the space's widths x this (default: the space's value for "
-                   "the budget: smoke 0.25, short 0.5, paper 1)")
+                   "the budget: smoke 0.125, short 0.5, paper 1)")
+    r.add_argument("--max-gflops", type=float, default=None,
+                   help="do not train networks whose forward pass costs more (status too_costly; "
+                   "default: the space's value for the budget, smoke 2; 0 = no cap)")
     r.add_argument("--no-zoo", action="store_true",
                    help="do not queue the zoo models (the front's reference points) first")
-    r.add_argument("--epochs", type=_positive_int, default=None, help="override the budget's")
+    r.add_argument("--epochs", type=_positive_int, default=None,
+                   help="override the budget's (default smoke search: 5; else the trainer's)")
     r.add_argument("--n", type=_positive_int, default=None,
                    help="images per dataset (override the budget's)")
     r.add_argument("--data-root", default=None, help="folder of the real datasets")
@@ -74,6 +79,9 @@ def add_subparsers(sub) -> None:
                    help="image side for the latency objective (default 96 in 2D, 64 in 3D)")
     r.add_argument("--latency-iters", type=_positive_int, default=20,
                    help="timed forward passes per latency measurement (median; default 20)")
+    r.add_argument("--workers", type=_positive_int, default=None,
+                   help="optuna backend: trial processes on this machine (default: one per core "
+                   "up to 4 on CPU, each single-threaded; 1 with a GPU)")
     r.add_argument("--trainer", default=DEFAULT_TRAINER,
                    help="module:function with train_and_evaluate's signature")
     g = r.add_argument_group("ray backend")
@@ -117,14 +125,16 @@ def _run(args) -> int:
         sampler=args.sampler, population=args.population, sampler_seed=args.sampler_seed,
         prune=args.prune, prune_warmup=args.prune_warmup,
         prune_min_trials=args.prune_min_trials, width_scale=args.width_scale,
+        max_gflops=args.max_gflops,
         zoo=not args.no_zoo, trainer=args.trainer, overrides=overrides,
         latency_size=args.latency_size,
-        latency_iters=args.latency_iters, address=args.address,
+        latency_iters=args.latency_iters,
+        workers=args.workers, address=args.address,
         cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
         num_cpus=args.num_cpus, command=_command(), log=con.print)
     states = ", ".join(f"{k} {v}" for k, v in sorted(summary.states.items()))
-    con.print(f"[green]done[/]: {summary.ran} trial(s) run here, study holds "
-              f"{summary.finished} ({states}); {summary.seconds:.0f} s")
+    con.print(f"[green]done[/]: {summary.ran} trial(s) run here; the study holds "
+              f"{summary.finished} evaluated networks ({states}); {summary.seconds:.0f} s")
     return 0
 
 
@@ -159,6 +169,11 @@ def _space(args) -> int:
         t.add_row(name, ", ".join(str(c) for c in ch))
     con = Console()
     con.print(t)
+    for name in ("smoke", "short", "paper"):
+        b = sp.budget(name)
+        extra = ", ".join(f"{k} {v}" for k, v in b.model_dump(exclude_none=True).items()
+                          if k != "width_scale")
+        con.print(f"budget {name}: widths x{b.width_scale:g}" + (f", {extra}" if extra else ""))
     zoo = zoo_points(sp)
     con.print(f"zoo models in it: {', '.join(zoo) or 'none'}")
     return 0

@@ -13,7 +13,8 @@ Shared by both backends (Optuna in this process, Ray Tune workers):
 Objectives (:data:`OBJECTIVES`): ``iou`` = the best validation IoU over the epochs (the test IoU
 is recorded as ``test_iou`` but never optimised: selecting on the test split would leak it),
 ``params`` = parameters of the inference network in millions, ``latency`` = median time of one
-forward pass of one image (batch 1, eval mode, no grad) in ms on the trial's device, ``gflops``.
+forward pass of one image (batch 1, eval mode, no grad) in ms on the trial's device (on CPU:
+one thread's CPU time, see :func:`measure_latency`), ``gflops``.
 """
 from __future__ import annotations
 
@@ -28,7 +29,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import SpecError
 from ..spec import Spec
 from .space import SearchSpace, scale_spec
 
@@ -74,6 +74,7 @@ class SearchConfig:
     prune_min_trials: int = 4  # finished trials needed before pruning starts
     latency_size: int | None = None  # default: 96 (2D) / 64 (3D)
     latency_iters: int = 20
+    max_gflops: float | None = None  # networks above it are not trained (status too_costly)
 
     def __post_init__(self) -> None:
         self.objectives = tuple(self.objectives)
@@ -101,6 +102,10 @@ class SearchConfig:
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 
+class TooCostly(ValueError):
+    """A valid network above the budget's forward-cost cap: recorded, not trained."""
+
+
 @dataclass
 class Prepared:
     """A valid point, ready to train: the nominal spec (the space's widths), the measured spec
@@ -114,20 +119,37 @@ class Prepared:
 
 
 def prepare(space: SearchSpace, point: dict[str, Any], cfg: SearchConfig,
-            name: str = "search") -> Prepared:
-    """Build, validate and scale a point; raises ``SpecError`` for an invalid one."""
+            name: str = "search", *, check_cost: bool = True) -> Prepared:
+    """Build, validate and scale a point; raises ``SpecError`` for an invalid one and
+    :class:`TooCostly` for one above ``cfg.max_gflops``."""
     import skipdsl
     from ..bench.store import trial_key
 
     nominal = space.build(point, name=name)
     spec = scale_spec(nominal, cfg.width_scale)
     h = skipdsl.spec_hash(spec)  # expands and validates the scaled graph too
+    if cfg.max_gflops and check_cost:
+        cost = forward_gflops(spec, cfg)
+        if cost > cfg.max_gflops:
+            raise TooCostly(f"one forward pass costs {cost:.3g} GFLOPs, above the "
+                            f"{cfg.max_gflops:g} GFLOPs cap of the '{cfg.budget}' budget "
+                            "(budgets.<budget>.max_gflops in the space, or --max-gflops)")
     extra = {"cgm": _cgm_of(spec), "loss": spec.loss,
              **{k: cfg.overrides.get(k) for k in RESULT_OVERRIDES}}
     if cfg.trainer != DEFAULT_TRAINER:
         extra["trainer"] = cfg.trainer
     key = trial_key(h, cfg.dataset, cfg.budget, cfg.seed, spec.deep_supervision, extra)
     return Prepared(point=space.complete(point), nominal=nominal, spec=spec, hash=h, key=key)
+
+
+def forward_gflops(spec: Spec, cfg: SearchConfig) -> float:
+    """GFLOPs of one forward pass of one image (main head) at the latency size."""
+    import skipdsl
+    from ..train.metrics import gflops
+
+    size = cfg.latency_size or (96 if spec.dims == 2 else 64)
+    model = skipdsl.compile(spec, deep_supervision=False, cgm=False)
+    return gflops(model, (spec.in_channels, *([size] * spec.dims)))
 
 
 def _cgm_of(spec: Spec) -> str | None:
@@ -229,10 +251,13 @@ def _num(v: Any) -> float:
 def measure_latency(spec: Spec, result: dict[str, Any], cfg: SearchConfig) -> float:
     """Median ms of one forward pass of one image (batch 1, eval, no grad) on the trial's device.
 
-    The network is compiled afresh from the measured spec with the dataset's channels (weights
-    do not change the time); the image side is ``cfg.latency_size`` (default 96 in 2D, 64 in 3D,
-    the sizes the datasets are resampled to). The median of ``latency_iters`` timed passes
-    after 3 warm-up passes resists the noise of other workers sharing the machine.
+    On CPU it is the CPU time of the pass on one thread (``time.thread_time``): one core's
+    latency, which the other workers and processes sharing the machine do not inflate, as they
+    would a wall-clock time. On CUDA it is the wall time between synchronisations. The network
+    is compiled afresh from the measured spec with the dataset's channels (weights do not
+    change the time); the image side is ``cfg.latency_size`` (default 96 in 2D, 64 in 3D, the
+    sizes the datasets are resampled to); the median of ``latency_iters`` timed passes follows
+    3 warm-up passes.
     """
     import torch
 
@@ -246,16 +271,25 @@ def measure_latency(spec: Spec, result: dict[str, Any], cfg: SearchConfig) -> fl
     model = model.to(dev).eval()
     size = cfg.latency_size or (96 if dims == 2 else 64)
     x = torch.randn(1, model.spec.in_channels, *([size] * dims), device=dev)
-    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
+    cuda = dev.type == "cuda"
+    clock = time.perf_counter if cuda else time.thread_time
+    threads = torch.get_num_threads()
+    if not cuda:
+        torch.set_num_threads(1)
     times = []
-    with torch.no_grad():
-        for i in range(3 + max(1, cfg.latency_iters)):
-            sync()
-            t0 = time.perf_counter()
-            model(x)
-            sync()
-            if i >= 3:
-                times.append(time.perf_counter() - t0)
+    try:
+        with torch.no_grad():
+            for i in range(3 + max(1, cfg.latency_iters)):
+                if cuda:
+                    torch.cuda.synchronize(dev)
+                t0 = clock()
+                model(x)
+                if cuda:
+                    torch.cuda.synchronize(dev)
+                if i >= 3:
+                    times.append(clock() - t0)
+    finally:
+        torch.set_num_threads(threads)
     return statistics.median(times) * 1e3
 
 

@@ -7,13 +7,17 @@
   time beyond one empty report; only new networks are trained.
 - Pruning is ASHA on the validation IoU reported every epoch (one metric, so it works for
   multi-objective studies; ``prune="none"`` runs FIFO). A trial ASHA stops is told to the study
-  as PRUNED with its curve, not as complete with a partial IoU.
+  as PRUNED with its curve, not as complete with a partial IoU. Zoo models (reference points)
+  are never stopped.
 - ``gpus_per_trial`` may be fractional (0.25 packs four trials per GPU). Ray does not enforce
   the share; each trial caps its own CUDA memory to that fraction
   (``torch.cuda.set_per_process_memory_fraction``) so packed trials cannot starve each other.
 - ``address`` joins a running cluster (``ray start --head`` on one machine, ``ray start
-  --address`` on the others); the study storage must then be a server every node reaches
-  (PostgreSQL), not the driver's SQLite file.
+  --address`` on the others). Only the driver touches the study (sampling, cache, telling
+  results), so its SQLite file works for a cluster too; several drivers on one study need a
+  server (PostgreSQL).
+- Re-running resumes: the study in the database is the searcher's state (Ray's own searcher
+  checkpoint is not written), and only the trials still missing are started.
 """
 from __future__ import annotations
 
@@ -24,10 +28,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import SpecError
-from .objective import (OBJECTIVES, RECORD_KEYS, Prepared, SearchConfig, evaluate, find_cached,
-                        prepare)
+from .objective import (OBJECTIVES, RECORD_KEYS, Prepared, SearchConfig, TooCostly, evaluate,
+                        find_cached, prepare)
 from .space import SearchSpace
-from .study import finished_trials, open_study
+from .study import _enough, counted_trials, open_study
 
 _KEY = "skipdsl"  # the config entry the driver hands to the trainable
 _EXTRA = ("seconds",)
@@ -53,11 +57,14 @@ def _trainable(config: dict[str, Any], cfg: dict[str, Any], trainer: Any,
     prep = Prepared(point=info["point"], nominal=None, spec=from_dict(info["spec"]),
                     hash=info["hash"], key=info["key"])
     curve: list[float] = []
+    # a zoo model is a reference point: measured in full, so ASHA (which only acts on results
+    # with its metric) does not see its validation IoU under that name
+    metric = "reference_val_iou" if info.get("reference") else "val_iou"
 
     def report(epoch: int, val_iou: float) -> None:
         v = float(val_iou) if val_iou == val_iou else 0.0
         curve.append(round(v, 6))
-        tune.report({"val_iou": v, "epoch": epoch, "curve": list(curve)})
+        tune.report({metric: v, "epoch": epoch, "curve": list(curve)})
 
     t0 = time.perf_counter()
     rec = evaluate(prep, c, report=report, trainer=trainer)
@@ -65,6 +72,23 @@ def _trainable(config: dict[str, Any], cfg: dict[str, Any], trainer: Any,
     rec.setdefault("curve", curve)
     status = "complete" if rec.pop("status") == "ok" else "failed"
     tune.report({"search_status": status, **rec})
+
+
+class _Log:
+    """``log`` for code that Ray pickles with the searcher (Tuner state): the function (e.g. a
+    rich console's print, which holds locks) is dropped from the pickled copy."""
+
+    def __init__(self, fn: Callable[[str], None]) -> None:
+        self.fn = fn
+
+    def __call__(self, text: str) -> None:
+        self.fn(text)
+
+    def __getstate__(self) -> dict:
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        self.fn = lambda text: None
 
 
 def _outcome(result: dict[str, Any] | None, error: bool, cfg: SearchConfig):
@@ -77,14 +101,14 @@ def _outcome(result: dict[str, Any] | None, error: bool, cfg: SearchConfig):
     if status == "complete":
         values = [float(result[OBJECTIVES[o].key]) for o in cfg.objectives]
         return TrialState.COMPLETE, values, {**keep, "status": "complete", "reason": ""}
-    if status in ("invalid", "failed"):
+    if status in ("invalid", "too_costly", "failed"):
         return TrialState.FAIL, None, {**keep, "status": status,
                                        "reason": result.get("reason", "")}
     if error:
         return TrialState.FAIL, None, {"status": "failed",
                                        "reason": "the Ray trial raised or its worker died"}
     epoch = result.get("epoch")
-    v = result.get("val_iou", float("nan"))
+    v = result.get("val_iou", result.get("reference_val_iou", float("nan")))
     reason = (f"stopped by ASHA after epoch {epoch}: validation IoU {v:.4f}"
               if epoch is not None else "stopped by Ray before its first report")
     return TrialState.PRUNED, None, {"status": "pruned", "reason": reason,
@@ -97,7 +121,10 @@ def run_ray(storage, study_name: str, space: SearchSpace, cfg: SearchConfig, tri
             log: Callable[[str], None] = print) -> int:
     """Run the trials the study still misses on Ray Tune; returns how many were started."""
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")  # invalid/cached reports
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    import warnings
+
+    # sampling validates the spec, checks its cost and looks up the cache: seconds, on purpose
+    warnings.filterwarnings("ignore", message="Define-by-run function passed in the `space`")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     import logging
 
@@ -109,9 +136,9 @@ def run_ray(storage, study_name: str, space: SearchSpace, cfg: SearchConfig, tri
 
     from skipdsl.train.trainer import BUDGETS
 
+    log = _Log(log)
     study = open_study(storage, study_name, space, cfg, create=False)
-    remaining = trials - len(finished_trials(study))
-    if remaining <= 0:
+    if _enough(study, trials, log):
         return 0
     single = len(cfg.objectives) == 1
     metrics = [OBJECTIVES[o].key for o in cfg.objectives]
@@ -125,9 +152,10 @@ def run_ray(storage, study_name: str, space: SearchSpace, cfg: SearchConfig, tri
         ot_trial.set_user_attr("worker", "ray")
         try:
             prep = prepare(space, point, cfg, name=f"search_t{number:04d}")
-        except SpecError as err:
-            log(f"trial {number}: invalid {str(err).splitlines()[0]}")
-            return {_KEY: {"kind": "invalid", "reason": str(err)}}
+        except (SpecError, TooCostly) as err:
+            kind = "invalid" if isinstance(err, SpecError) else "too_costly"
+            log(f"trial {number}: {kind} {str(err).splitlines()[0]}")
+            return {_KEY: {"kind": kind, "reason": str(err)}}
         for k, v in (("hash", prep.hash), ("key", prep.key), ("spec", prep.spec.to_dict())):
             ot_trial.set_user_attr(k, v)
         hit = find_cached(study.get_trials(deepcopy=False), prep.key, number)
@@ -135,11 +163,15 @@ def run_ray(storage, study_name: str, space: SearchSpace, cfg: SearchConfig, tri
             cached[number] = hit
             return {_KEY: {"kind": "cached"}}
         return {_KEY: {"kind": "train", "point": prep.point, "spec": prep.spec.to_dict(),
-                       "hash": prep.hash, "key": prep.key}}
+                       "hash": prep.hash, "key": prep.key,
+                       "reference": "zoo" in ot_trial.user_attrs}}
 
     class Searcher(OptunaSearch):
         """Tells the study each trial's real state (invalid -> FAIL, ASHA-stopped -> PRUNED,
         cache hit -> the cached values) with its record as user attributes."""
+
+        def save(self, checkpoint_path: str) -> None:
+            return None  # the study database is the searcher's state: a re-run resumes from it
 
         def on_trial_result(self, trial_id: str, result: dict) -> None:
             return None  # pruning is ASHA's; intermediate values live in the curve
@@ -175,23 +207,20 @@ def run_ray(storage, study_name: str, space: SearchSpace, cfg: SearchConfig, tri
                 + (f" {', '.join(f'{m} {v:.4g}' for m, v in zip(metrics, values))}"
                    if values else f" {str(attrs.get('reason', '')).splitlines()[0]}"))
 
-    searcher = Searcher(space=define, metric=metrics if not single else metrics[0],
-                        mode=modes if not single else modes[0], sampler=sampler,
-                        study_name=study_name, storage=storage)
     epochs = int(cfg.overrides.get("epochs") or BUDGETS[cfg.budget].epochs)
-    if cfg.prune == "none":
-        scheduler = FIFOScheduler()
-    else:
-        scheduler = ASHAScheduler(time_attr="training_iteration", metric="val_iou", mode="max",
-                                  max_t=epochs + 1, grace_period=max(1, min(cfg.prune_warmup,
-                                                                            epochs)),
-                                  reduction_factor=3)
+
+    def scheduler():
+        if cfg.prune == "none":
+            return FIFOScheduler()
+        return ASHAScheduler(time_attr="training_iteration", metric="val_iou", mode="max",
+                             max_t=epochs + 1, grace_period=max(1, min(cfg.prune_warmup, epochs)),
+                             reduction_factor=3)
+
     if "threads" not in cfg.overrides:
         cfg.overrides["threads"] = max(1, int(math.ceil(cpus_per_trial)))
     pkg_root = str(Path(__file__).resolve().parents[2])
     env = {"PYTHONPATH": os.pathsep.join(p for p in (pkg_root, os.environ.get("PYTHONPATH"))
-                                         if p),
-           "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}
+                                         if p)}
     started = False
     if not ray.is_initialized():
         kw: dict[str, Any] = dict(runtime_env={"env_vars": env}, log_to_driver=False,
@@ -205,24 +234,34 @@ def run_ray(storage, study_name: str, space: SearchSpace, cfg: SearchConfig, tri
                      num_gpus=torch.cuda.device_count() if gpus_per_trial else 0,
                      include_dashboard=False, **kw)
         started = True
+    ran = 0
     try:
         trainable = tune.with_resources(
             tune.with_parameters(_trainable, cfg=cfg.to_dict(), trainer=trainer,
                                  gpus_per_trial=gpus_per_trial),
             {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
-                                        num_samples=remaining, reuse_actors=False),
-            run_config=tune.RunConfig(name=time.strftime("search-%Y%m%d-%H%M%S"),
-                                      storage_path=str(Path(out).resolve() / ".ray"),
-                                      verbose=0, failure_config=tune.FailureConfig(max_failures=0)),
-        )
-        tuner.fit()
+        # invalid and too costly samples do not count: run rounds until enough networks ran
+        while not _enough(study, trials, log):
+            remaining = trials - len(counted_trials(study))
+            searcher = Searcher(space=define, metric=metrics if not single else metrics[0],
+                                mode=modes if not single else modes[0], sampler=sampler,
+                                study_name=study_name, storage=storage)
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler(),
+                                            num_samples=remaining, reuse_actors=True,
+                                            trial_dirname_creator=lambda t: f"trial_{t.trial_id}"),
+                run_config=tune.RunConfig(name=time.strftime("search-%Y%m%d-%H%M%S"),
+                                          storage_path=str(Path(out).resolve() / ".ray"),
+                                          verbose=0,
+                                          failure_config=tune.FailureConfig(max_failures=0)),
+            )
+            tuner.fit()
+            ran += remaining
     finally:
         if started:
             ray.shutdown()
-    return remaining
+    return ran
 
 
 def _cpu_count() -> int:

@@ -49,6 +49,8 @@ def trials_frame(study, zoo_hashes: dict[str, str] | None = None):
 
 def pareto_rows(df, cfg: SearchConfig):
     """The non-dominated complete trials, one per network (lowest trial number kept)."""
+    import pandas as pd
+
     keys = [(OBJECTIVES[o].key, OBJECTIVES[o].direction == "maximize") for o in cfg.objectives]
     ok = df[(df["state"] == "COMPLETE")].dropna(subset=[k for k, _ in keys])
     ok = ok.sort_values("number").drop_duplicates(subset="hash", keep="first")
@@ -59,8 +61,9 @@ def pareto_rows(df, cfg: SearchConfig):
                                                                    zip(pts[i], q))
                    for j, q in enumerate(pts) if j != i)
 
-    mask = [not dominated(i) for i in range(len(pts))]
-    return ok[mask].sort_values(keys[0][0], ascending=not keys[0][1])
+    keep = [not dominated(i) for i in range(len(pts))]
+    return ok.loc[pd.Series(keep, index=ok.index, dtype=bool)].sort_values(
+        keys[0][0], ascending=not keys[0][1])
 
 
 def write_pareto(out: Path, front, study, cfg: SearchConfig, study_name: str) -> list[Path]:
@@ -101,6 +104,7 @@ def plot_front(path: Path, df, front, cfg: SearchConfig) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
     costs = [o for o in cfg.objectives if o != "iou"] or [None]
     fig, axes = plt.subplots(1, len(costs), figsize=(5.2 * len(costs), 4.2), squeeze=False)
@@ -111,7 +115,7 @@ def plot_front(path: Path, df, front, cfg: SearchConfig) -> Path:
         ax.scatter(ok[x], ok["iou"], s=18, c="#b0b0b0", label="trials", zorder=1)
         fr = front.sort_values(x)
         ax.scatter(fr[x], fr["iou"], s=36, c="#d62728", label="Pareto front", zorder=3)
-        if c:
+        if c:  # the 2D front of this projection (its points are members of the front)
             ax.step(fr[x], fr["iou"].cummax(), where="post", c="#d62728", lw=1, alpha=0.6)
         ax.scatter(zoo[x], zoo["iou"], s=90, marker="*", c="#1f77b4", edgecolors="k",
                    linewidths=0.5, label="zoo models", zorder=4)
@@ -121,6 +125,9 @@ def plot_front(path: Path, df, front, cfg: SearchConfig) -> Path:
         ax.set_xlabel(OBJECTIVES[c].label if c else "trial")
         if c in ("params", "latency", "gflops") and len(ok) and (ok[x] > 0).all():
             ax.set_xscale("log")
+            ax.xaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_formatter(ticker.NullFormatter())
         ax.set_ylabel(OBJECTIVES["iou"].label)
         ax.grid(alpha=0.3)
     axes[0][0].legend(loc="lower right", fontsize=8)
@@ -151,10 +158,9 @@ def write_report(out: Path, df, front, paths: list[Path], cfg: SearchConfig,
                  settings: dict[str, Any]) -> Path:
     counts = df["status"].value_counts().to_dict()
     objs = ", ".join(f"{o} ({OBJECTIVES[o].direction[:3]})" for o in cfg.objectives)
-    single = len(cfg.objectives) == 1
     lines = [
         "# Architecture search report", "",
-        f"- command: `{settings.get('command', '?')}`",
+        f"- command: `{settings.get('command') or 'skipdsl.search.run_search(...)'}`",
         f"- study: `{settings['study_name']}` in `{settings['storage']}`",
         f"- space: `{settings['space']}` ({settings.get('space_size', '?')} points), "
         f"dataset `{cfg.dataset}`, budget `{cfg.budget}`, seed {cfg.seed}, widths x"
@@ -165,15 +171,18 @@ def write_report(out: Path, df, front, paths: list[Path], cfg: SearchConfig,
             "none" if cfg.prune == "none" else
             ("ASHA (Ray Tune) on the validation IoU" if settings.get("backend") == "ray" else
              (f"Optuna MedianPruner on the validation IoU (warm-up {cfg.prune_warmup} epochs, "
-              f"{cfg.prune_min_trials} finished trials first)" if single else
-              f"median rule on the validation IoU (Optuna's pruners are single-objective): "
+              f"{cfg.prune_min_trials} finished trials first)" if cfg.objectives == ("iou",)
+              else
+              f"median rule on the validation IoU (Optuna's pruners work on one objective "
+              f"only, and trial.report is refused in multi-objective studies): "
               f"after {cfg.prune_warmup} epochs and {cfg.prune_min_trials} finished trials, a "
               f"trial below the median of the finished trials at the same epoch is pruned"))),
         f"- trials: {len(df)} ("
         + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + ")",
         "", "Objective `iou` is the best validation IoU over the epochs; `test_iou` is the test "
         "IoU of that epoch's weights (reported, never optimised). `latency_ms`: median of one "
-        "forward pass of one image, batch 1, on the trial's device. `cached`: a network already "
+        "forward pass of one image, batch 1, on the trial's device (on CPU: the CPU time of "
+        "one thread, which parallel workers do not inflate). `cached`: a network already "
         "measured (same canonical hash, dataset, budget, seed), whose result was reused.", "",
         "## Pareto front", "",
     ]
@@ -191,8 +200,8 @@ def write_report(out: Path, df, front, paths: list[Path], cfg: SearchConfig,
                                   "latency_ms", "hash"]))
     else:
         lines.append("None measured in this study (run without --no-zoo to measure them).")
-    bad = df[df["status"].isin(["invalid", "failed"])]
-    lines += ["", "## Invalid and failed trials", ""]
+    bad = df[df["status"].isin(["invalid", "too_costly", "failed"])]
+    lines += ["", "## Invalid, too costly and failed trials", ""]
     if len(bad):
         for _, r in bad.iterrows():
             first = str(r["reason"]).splitlines()[0] if r["reason"] else "-"
@@ -214,7 +223,7 @@ def zoo_hashes(space, cfg: SearchConfig) -> dict[str, str]:
 
     out = {}
     for name, point in zoo_points(space).items():
-        out[name] = prepare(space, point, cfg).hash
+        out[name] = prepare(space, point, cfg, check_cost=False).hash
     return out
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -11,7 +12,7 @@ from typing import Any, Callable, Sequence
 from .objective import DEFAULT_TRAINER, SearchConfig
 from .space import SearchSpace, load_space
 from .study import (SearchError, SearchSummary, default_study_name, enqueue_zoo,
-                    finished_trials, make_pruner, make_sampler, make_storage, open_study,
+                    counted_trials, make_pruner, make_sampler, make_storage, open_study,
                     redact, run_optuna, state_counts, storage_url)
 
 BACKENDS = ("optuna", "ray")
@@ -42,11 +43,13 @@ def run_search(
     prune_warmup: int = 2,
     prune_min_trials: int = 4,
     width_scale: float | None = None,
+    max_gflops: float | None = None,
     zoo: bool = True,
     trainer: "str | Callable" = DEFAULT_TRAINER,
     overrides: dict[str, Any] | None = None,
     latency_size: int | None = None,
     latency_iters: int = 20,
+    workers: int | None = None,
     address: str | None = None,
     cpus_per_trial: float = 1,
     gpus_per_trial: float = 0,
@@ -59,11 +62,18 @@ def run_search(
 
     Opens the study ``study_name`` (default ``skipdsl-<space>-<dataset>-<budget>-s<seed>``) in
     ``storage`` (default SQLite ``OUT/study.db``; a ``postgresql://`` URL to share it between
-    workers), creating it or resuming it, and runs trials until it holds ``trials`` of them
-    (complete, pruned, invalid or failed; running ones of other workers included). ``trainer``
+    workers), creating it or resuming it, and runs trials until it holds ``trials`` evaluated
+    networks (complete, cached, pruned or failed in training; running ones of other workers
+    included). Invalid and too costly samples are recorded too, but not counted. ``trainer``
     is ``"module:function"`` or a function with ``train_and_evaluate``'s signature; ``overrides``
     are extra trainer config keys (epochs, n, data_root, threads, device, ...). Writes
     ``OUT/search.json`` and, with ``outputs``, trials.csv, pareto/, pareto.png and report.md.
+
+    ``workers`` (Optuna backend): processes on this machine that run trials in parallel on the
+    study; default: one per CPU core up to 4 on a CPU-only machine (each with
+    ``cores // workers`` torch threads, unless ``overrides`` sets ``threads``), 1 with a GPU.
+    Small networks train faster as parallel single-threaded trials than as one multi-threaded
+    trial, and much faster when other work shares the cores.
     """
     import optuna
 
@@ -74,6 +84,9 @@ def run_search(
         log = Console(stderr=True, highlight=False).print
     if backend not in BACKENDS:
         raise SearchError(f"unknown backend '{backend}'; valid: {', '.join(BACKENDS)}")
+    if backend != "ray" and (address or gpus_per_trial or num_cpus):
+        raise SearchError("--address, --gpus-per-trial and --num-cpus are Ray settings: add "
+                          "--backend ray")
     if trials < 1:
         raise SearchError(f"--trials must be >= 1, found {trials}")
     from skipdsl.train.trainer import BUDGETS
@@ -81,13 +94,25 @@ def run_search(
     if budget not in BUDGETS:
         raise SearchError(f"unknown budget '{budget}'; valid: {', '.join(BUDGETS)}")
     sp = load_space(space)
+    plan = sp.budget(budget)
     cfg = SearchConfig(dataset=dataset, budget=budget, seed=seed, objectives=tuple(objectives),
-                       width_scale=float(width_scale if width_scale else sp.scale_for(budget)),
+                       width_scale=float(width_scale or plan.width_scale),
                        trainer=_trainer_name(trainer),
-                       overrides={k: v for k, v in (overrides or {}).items() if v is not None},
+                       overrides={**plan.overrides(), **{k: v for k, v in (overrides or {}).items()
+                                                         if v is not None}},
                        prune=prune, prune_warmup=prune_warmup, prune_min_trials=prune_min_trials,
-                       latency_size=latency_size, latency_iters=latency_iters)
+                       latency_size=latency_size, latency_iters=latency_iters,
+                       max_gflops=(plan.max_gflops if max_gflops is None else max_gflops) or None)
     _check_dataset(dataset)
+    if backend == "optuna":
+        workers = workers or auto_workers()
+        if workers < 1:
+            raise SearchError(f"--workers must be >= 1, found {workers}")
+        if "threads" not in cfg.overrides and not _has_cuda():
+            cfg.overrides["threads"] = max(1, _cpu_count() // workers)
+    elif workers:
+        raise SearchError("--workers is for the optuna backend; with Ray use --num-cpus and "
+                          "--cpus-per-trial")
     out = Path(out).resolve()
     url = storage_url(out, storage)
     name = study_name or default_study_name(sp, cfg)
@@ -95,7 +120,7 @@ def run_search(
     logging.getLogger("optuna").setLevel(logging.WARNING)
     kind = sampler if sampler != "auto" else ("nsga2" if len(cfg.objectives) > 1 else "tpe")
     samp = make_sampler(kind, len(cfg.objectives), population=population, seed=sampler_seed)
-    store = make_storage(url)
+    store = make_storage(url, heartbeat=backend == "optuna")  # heartbeats need study.optimize
     study = open_study(store, name, sp, cfg, sampler=samp, pruner=make_pruner(cfg))
     settings = {
         "command": command, "study_name": name, "storage": redact(url),
@@ -111,11 +136,14 @@ def run_search(
         queued = enqueue_zoo(study, sp)
         if queued:
             log(f"queued the zoo models as the first trials: {', '.join(queued)}")
-    before = len(finished_trials(study))
+    before = len(counted_trials(study))
     log(f"study '{name}' in {redact(url)}: {before} of {trials} trials done; space "
         f"'{sp.name}' ({sp.size()} points), {', '.join(cfg.objectives)}, {kind}, widths "
         f"x{cfg.width_scale:g}")
-    if backend == "optuna":
+    if backend == "optuna" and workers > 1:
+        ran = _run_workers(workers, sp, cfg, url, name, trials, trainer, kind, population,
+                           sampler_seed, log, study)
+    elif backend == "optuna":
         ran = run_optuna(study, sp, cfg, trials, trainer=trainer, log=log)
     else:
         from .ray_backend import run_ray
@@ -124,7 +152,7 @@ def run_search(
                       out=out, address=address, cpus_per_trial=cpus_per_trial,
                       gpus_per_trial=gpus_per_trial, num_cpus=num_cpus, log=log)
     summary = SearchSummary(study_name=name, storage=redact(url), ran=ran,
-                            finished=len(finished_trials(study)), states=state_counts(study))
+                            finished=len(counted_trials(study)), states=state_counts(study))
     if outputs:
         from .report import write_outputs
 
@@ -132,6 +160,96 @@ def run_search(
         log(f"wrote {files['trials']}, {files['pareto']}/, {files['png']}, {files['report']}")
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def auto_workers() -> int:
+    """Local worker processes by default: one per core (up to 4) on CPU, one with a GPU."""
+    return 1 if _has_cuda() else max(1, min(4, _cpu_count()))
+
+
+def _die_with(parent: int) -> None:
+    """End this process when ``parent`` ends (Linux prctl PR_SET_PDEATHSIG), so that a killed
+    command leaves no worker behind; its running trial is then failed by the heartbeat check
+    and queued again."""
+    import signal
+
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # it ended before prctl
+        os._exit(1)
+
+
+def _worker(index: int, space: SearchSpace, cfg: SearchConfig, url: str, name: str,
+            trials: int, trainer: Any, kind: str, population: int, seed: int | None,
+            parent: int) -> None:
+    """A local worker process: its own storage connection and sampler on the shared study."""
+    import optuna
+    from rich.console import Console
+
+    from .study import open_study, run_optuna
+
+    _die_with(parent)
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    con = Console(stderr=True, highlight=False)
+    sampler = make_sampler(kind, len(cfg.objectives), population=population,
+                           seed=None if seed is None else seed + index)
+    study = open_study(make_storage(url), name, space, cfg, sampler=sampler,
+                       pruner=make_pruner(cfg), create=False)
+    run_optuna(study, space, cfg, trials, trainer=trainer,
+               log=lambda s: con.print(f"[dim]w{index}[/] {s}"))
+
+
+def _run_workers(n: int, space: SearchSpace, cfg: SearchConfig, url: str, name: str,
+                 trials: int, trainer: Any, kind: str, population: int, seed: int | None,
+                 log: Callable[[str], None], study) -> int:
+    """Run ``n`` workers on the study: this process and ``n - 1`` spawned ones."""
+    import multiprocessing as mp
+
+    before = _started(study)
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_worker, name=f"skipdsl-search-w{i}",
+                         args=(i, space, cfg, url, name, trials, trainer, kind, population, seed,
+                               os.getpid()))
+             for i in range(1, n)]
+    for p in procs:
+        p.start()
+    log(f"{n} workers on this machine ({cfg.overrides.get('threads') or 'default'} torch "
+        f"thread(s) each)")
+    try:
+        run_optuna(study, space, cfg, trials, trainer=trainer,
+                   log=lambda s: log(f"w0 {s}"))
+    finally:
+        for p in procs:
+            p.join()
+    bad = [p.name for p in procs if p.exitcode != 0]
+    if bad:
+        raise SearchError(f"worker process(es) {', '.join(bad)} stopped with an error (see "
+                          "above); re-run the same command to resume")
+    return _started(study) - before
+
+
+def _started(study) -> int:
+    from optuna.trial import TrialState
+
+    return sum(t.state != TrialState.WAITING for t in study.get_trials(deepcopy=False))
 
 
 def _check_dataset(name: str) -> None:

@@ -4,7 +4,8 @@ A space names, for every dimension of the network, either one fixed value or a l
 (a list means "choose one"): depth, widths (base, growth, per-level multipliers), the node set,
 block settings of encoder and decoder, decoder width (per level, or ``concat``), candidate
 edges (by rule or one by one; each can be off, on, or on with a projection to C channels),
-head kernel, deep supervision with its head set, and CGM. See ``search/spaces/default.yaml``.
+head kernel, deep supervision with its head set, and CGM; and, per budget, the widths scale and
+epochs the search trains at. See ``search/spaces/default.yaml``.
 
 Three functions carry a point through the space:
 
@@ -117,6 +118,27 @@ class WidthSpace(_Model):
     multipliers: list[float | list[float]] | None = None
 
 
+class BudgetSettings(_Model):
+    """How the search trains under one ``--budget``: the widths scale, a cap on the forward
+    GFLOPs of one image (a network above it is recorded as ``too_costly`` and not trained), and
+    trainer settings that replace the trainer's budget (``None`` keeps it). Smoke trials are
+    cheaper than the benchmark's smoke trials so that a dozen fit in minutes on 2 CPU cores."""
+
+    width_scale: float = Field(1.0, gt=0)
+    max_gflops: float | None = Field(None, gt=0)  # skip networks above this forward cost
+    epochs: int | None = Field(None, ge=1)
+    n: int | None = Field(None, ge=1)
+    batch_size: int | None = Field(None, ge=1)
+
+    def overrides(self) -> dict[str, int]:
+        return {k: v for k, v in (("epochs", self.epochs), ("n", self.n),
+                                  ("batch_size", self.batch_size)) if v is not None}
+
+
+DEFAULT_BUDGETS = {"smoke": {"width_scale": 0.125, "max_gflops": 2.0, "epochs": 5, "n": 96},
+                   "short": {"width_scale": 0.5}, "paper": {"width_scale": 1.0}}
+
+
 class SearchSpace(_Model):
     """A search space file (see module doc). ``fixed`` holds spec keys copied into every sample
     (dims, in_channels, num_classes, loss, defaults, ...)."""
@@ -137,8 +159,8 @@ class SearchSpace(_Model):
     deep_supervision: bool | list[bool] = False
     ds_heads: Union[str, list[str]] = "all"
     cgm: Union[str, list[str]] = "none"
-    width_scale: dict[str, float] = Field(
-        default_factory=lambda: {"smoke": 0.25, "short": 0.5, "paper": 1.0})
+    budgets: dict[str, BudgetSettings] = Field(
+        default_factory=lambda: {k: BudgetSettings(**v) for k, v in DEFAULT_BUDGETS.items()})
     source: str | None = Field(None, exclude=True)
 
     @field_validator("fixed")
@@ -451,8 +473,11 @@ class SearchSpace(_Model):
         blob = json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
-    def scale_for(self, budget: str) -> float:
-        return float(self.width_scale.get(budget, 1.0))
+    def budget(self, name: str) -> BudgetSettings:
+        """The search's settings for a budget (defaults: :data:`DEFAULT_BUDGETS`)."""
+        if name in self.budgets:
+            return self.budgets[name]
+        return BudgetSettings(**DEFAULT_BUDGETS.get(name, {}))
 
 
 def _norm_to(to: Any) -> tuple | None:

@@ -1,18 +1,21 @@
 """The study: storage, sampler, resuming, and the Optuna backend's trial loop.
 
 - Storage: a real database. SQLite file ``OUT/study.db`` by default; ``storage="postgresql://
-  user@host:port/db"`` for a server that several workers (processes, machines) share. SQLite
-  serialises writers and answers "database is locked" under parallel writers (Optuna #820,
-  #4994): run parallel workers on PostgreSQL. Heartbeats (every 20 s) mark the trials of a
-  killed worker as failed after 60 s and enqueue them again once.
+  user@host:port/db"`` for a server that workers on several machines share. SQLite serialises
+  writers: the few local workers of one command (a write per epoch each, 60 s busy timeout) are
+  fine, many writers get "database is locked" (Optuna #820, #4994): use PostgreSQL for those.
+  Heartbeats (every 20 s) mark the trials of a killed worker as failed after 60 s and enqueue
+  them again once.
 - Study: its name defaults to ``skipdsl-<space>-<dataset>-<budget>-s<seed>``; it records the
   search settings, and a worker (or a re-run) whose settings differ is refused, so results of
   different setups never mix. Re-running the same command loads the study and runs the trials
-  still missing up to ``trials`` (finished trials of every worker count, running ones too).
+  still missing up to ``trials`` evaluated networks (those of every worker, running ones too;
+  invalid and too costly samples are recorded but not counted, up to :func:`max_skipped`).
 - Sampler: NSGA-II for several objectives, TPE for one (``sampler="auto"``).
-- Pruning: Optuna's ``MedianPruner`` through ``trial.report`` for one objective; for several
-  (where Optuna's pruners and ``trial.report`` are not available) the same median rule on the
-  validation IoU, computed from the curves the trials store (:func:`objective.median_rule`).
+- Pruning: Optuna's ``MedianPruner`` through ``trial.report`` when IoU is the one objective; for
+  several objectives (where Optuna's pruners and ``trial.report`` are not available), or one
+  that is not IoU, the same median rule on the validation IoU, computed from the curves the
+  trials store (:func:`objective.median_rule`).
 """
 from __future__ import annotations
 
@@ -24,15 +27,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import SpecError
-from .objective import (OBJECTIVES, RECORD_KEYS, RESULT_OVERRIDES, SearchConfig, evaluate,
-                        find_cached, median_rule, objective_values, prepare, worker_id)
+from .objective import (OBJECTIVES, RECORD_KEYS, RESULT_OVERRIDES, SearchConfig, TooCostly,
+                        evaluate, find_cached, median_rule, objective_values, prepare, worker_id)
 from .space import SearchSpace, load_space
 
 HEARTBEAT_S = 20
 GRACE_S = 60
 #: Settings a study is created with; a worker with other values is refused.
 STUDY_KEYS = ("space", "space_fingerprint", "dataset", "budget", "seed", "objectives",
-              "width_scale", "trainer", "overrides")
+              "width_scale", "max_gflops", "trainer", "overrides")
 
 
 class SearchError(ValueError):
@@ -47,8 +50,8 @@ class TrialFailed(Exception):
 class SearchSummary:
     study_name: str
     storage: str
-    ran: int = 0  # trials this call started
-    finished: int = 0  # finished trials of the study after this call
+    ran: int = 0  # trials this call started (invalid and too costly samples included)
+    finished: int = 0  # counted trials of the study after this call (see counted_trials)
     states: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -126,6 +129,7 @@ def study_settings(space: SearchSpace, cfg: SearchConfig) -> dict[str, Any]:
     return {"space": space.name, "space_fingerprint": space.fingerprint(),
             "dataset": cfg.dataset, "budget": cfg.budget, "seed": cfg.seed,
             "objectives": list(cfg.objectives), "width_scale": cfg.width_scale,
+            "max_gflops": cfg.max_gflops,
             "trainer": cfg.trainer,
             "overrides": {k: cfg.overrides[k] for k in RESULT_OVERRIDES
                           if cfg.overrides.get(k) is not None},
@@ -144,10 +148,9 @@ def open_study(storage, name: str, space: SearchSpace, cfg: SearchConfig, *, sam
         study = optuna.load_study(storage=storage, study_name=name, sampler=sampler,
                                   pruner=pruner)
     want = study_settings(space, cfg)
-    have = study.user_attrs
-    if not have.get("space_fingerprint"):
-        for k, v in want.items():
-            study.set_user_attr(k, v)
+    have = study.user_attrs.get("search_settings")
+    if have is None:  # one write, so a worker starting at the same time sees all or nothing
+        study.set_user_attr("search_settings", want)
         return study
     diff = [k for k in STUDY_KEYS if _plain(have.get(k)) != _plain(want[k])]
     if diff:
@@ -165,18 +168,43 @@ def _plain(v: Any) -> Any:
     return json.loads(json.dumps(v, sort_keys=True, default=str))
 
 
-def finished_trials(study) -> list:
-    """Trials that count towards ``trials``: complete, pruned, failed by the objective (invalid
-    spec, failed training) and running; not those failed by an interrupt or a dead worker."""
+#: Samples recorded but not counted towards ``trials``: they cost no training.
+SKIPPED = ("invalid", "too_costly")
+
+
+def counted_trials(study) -> list:
+    """Trials that count towards ``trials``: the networks evaluated or being evaluated
+    (complete, cached, pruned, failed in training, running). Invalid and too costly samples are
+    recorded but not counted; nor are trials failed by an interrupt or a dead worker."""
     from optuna.trial import TrialState
 
     out = []
     for t in study.get_trials(deepcopy=False):
         if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING):
             out.append(t)
-        elif t.state == TrialState.FAIL and "status" in t.user_attrs:
+        elif t.state == TrialState.FAIL and t.user_attrs.get("status") == "failed":
             out.append(t)
     return out
+
+
+def skipped_samples(study) -> int:
+    return sum(t.user_attrs.get("status") in SKIPPED for t in study.get_trials(deepcopy=False))
+
+
+def max_skipped(trials: int) -> int:
+    """How many invalid or too costly samples a study may hold before the search gives up on
+    reaching ``trials`` evaluated networks (the space is then mostly invalid)."""
+    return max(50, 10 * trials)
+
+
+def _enough(study, trials: int, log: Callable[[str], None]) -> bool:
+    if len(counted_trials(study)) >= trials:
+        return True
+    if skipped_samples(study) >= max_skipped(trials):
+        log(f"[red]stopping[/]: {skipped_samples(study)} samples were invalid or too costly "
+            "(see trials.csv): check the space, or the budget's max_gflops")
+        return True
+    return False
 
 
 def zoo_points(space: SearchSpace) -> dict[str, dict[str, Any]]:
@@ -200,14 +228,16 @@ def enqueue_zoo(study, space: SearchSpace) -> list[str]:
     study.set_user_attr("zoo_enqueued", True)
     names = []
     for name, point in zoo_points(space).items():
-        study.enqueue_trial(_suggested(space, point), user_attrs={"zoo": name},
+        study.enqueue_trial(trial_params(space, point), user_attrs={"zoo": name},
                             skip_if_exists=True)
         names.append(name)
     return names
 
 
-def _suggested(space: SearchSpace, point: dict[str, Any]) -> dict[str, Any]:
-    """Only the parameters the sampler would suggest (dimensions with several choices)."""
+def trial_params(space: SearchSpace, point: dict[str, Any]) -> dict[str, Any]:
+    """A point as Optuna trial parameters (for ``study.enqueue_trial``): the dimensions with
+    several choices only, as the sampler suggests them."""
+    point = space.complete(point)
     dims = dict(space.dimensions(point["depth"]))
     return {k: v for k, v in point.items() if len(dims.get(k, [])) > 1}
 
@@ -229,6 +259,7 @@ def make_objective(space: SearchSpace, cfg: SearchConfig, *, trainer=None,
     import optuna
 
     single = len(cfg.objectives) == 1
+    optuna_pruner = cfg.objectives == ("iou",)  # its direction is the IoU's: Optuna can prune
 
     def objective(trial: "optuna.Trial"):
         t0 = time.perf_counter()
@@ -236,10 +267,10 @@ def make_objective(space: SearchSpace, cfg: SearchConfig, *, trainer=None,
         trial.set_user_attr("worker", worker_id())
         try:
             prep = prepare(space, point, cfg, name=f"search_t{trial.number:04d}")
-        except SpecError as err:
-            reason = str(err)
-            _finish(trial, "invalid", reason)
-            log(f"trial {trial.number}: [yellow]invalid[/] {reason.splitlines()[0]}")
+        except (SpecError, TooCostly) as err:
+            reason, status = str(err), "invalid" if isinstance(err, SpecError) else "too_costly"
+            _finish(trial, status, reason)
+            log(f"trial {trial.number}: [yellow]{status}[/] {reason.splitlines()[0]}")
             raise TrialFailed(reason) from None
         trial.set_user_attr("hash", prep.hash)
         trial.set_user_attr("key", prep.key)
@@ -258,15 +289,17 @@ def make_objective(space: SearchSpace, cfg: SearchConfig, *, trainer=None,
             raise optuna.TrialPruned(reason)
 
         curve: list[float] = []
+        reference = "zoo" in trial.user_attrs  # zoo models are measured in full: references
 
         def report(epoch: int, val_iou: float) -> None:
             v = float(val_iou) if val_iou == val_iou else 0.0
             curve.append(round(v, 6))
             trial.set_user_attr("curve", curve)
-            if cfg.prune == "none":
-                return
-            if single:
+            if optuna_pruner:
                 trial.report(v, epoch)
+            if cfg.prune == "none" or reference:
+                return
+            if optuna_pruner:
                 if trial.should_prune():
                     raise optuna.TrialPruned(
                         f"pruned at epoch {epoch} by Optuna's MedianPruner (validation IoU "
@@ -300,7 +333,8 @@ def make_objective(space: SearchSpace, cfg: SearchConfig, *, trainer=None,
 
 def run_optuna(study, space: SearchSpace, cfg: SearchConfig, trials: int, *, trainer=None,
                log: Callable[[str], None] = lambda s: None) -> int:
-    """Run trials in this process until the study holds ``trials`` counted trials."""
+    """Run trials in this process until the study holds ``trials`` counted trials
+    (:func:`counted_trials`); returns how many trials (of any outcome) it started."""
     import optuna
 
     objective = make_objective(space, cfg, trainer=trainer, log=log)
@@ -309,7 +343,7 @@ def run_optuna(study, space: SearchSpace, cfg: SearchConfig, trials: int, *, tra
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)
-        if len(finished_trials(study)) >= trials:
+        if _enough(study, trials, log):
             return ran
         level = optuna.logging.get_verbosity()
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # we log each trial's outcome
@@ -323,7 +357,7 @@ def run_optuna(study, space: SearchSpace, cfg: SearchConfig, trials: int, *, tra
 def make_pruner(cfg: SearchConfig):
     import optuna
 
-    if cfg.prune == "median" and len(cfg.objectives) == 1:
+    if cfg.prune == "median" and cfg.objectives == ("iou",):
         return optuna.pruners.MedianPruner(n_startup_trials=cfg.prune_min_trials,
                                            n_warmup_steps=cfg.prune_warmup)
     return optuna.pruners.NopPruner()
