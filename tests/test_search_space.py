@@ -99,6 +99,23 @@ def test_samples_are_checked_specs_or_located_spec_errors(space):
     assert valid > 40 and invalid > 0
 
 
+def test_depth_is_a_dimension(space):
+    data = space.model_dump(mode="json", by_alias=True)
+    data["depth"] = [4, 5]
+    s = SearchSpace.model_validate(data)
+    depths = set()
+    for seed in range(40):
+        point = s.suggest(RandomTrial(seed))
+        assert ("width_mult_4" in point) == (point["depth"] == 5)
+        try:
+            spec = s.build(point)
+        except SpecError:
+            continue
+        depths.add(spec.depth)
+        assert spec.main_head.node == f"x_0_{spec.depth - 1}"
+    assert depths == {4, 5}
+
+
 def test_one_by_one_edges_record_invalid_reasons():
     s = load_space("edges4")
     reasons = []

@@ -230,7 +230,9 @@ def run_ray(storage, study_name: str, space: SearchSpace, cfg: SearchConfig, tri
         else:
             import torch
 
-            ray.init(address="local", num_cpus=num_cpus or _cpu_count(),
+            from .runner import cpu_count
+
+            ray.init(address="local", num_cpus=num_cpus or cpu_count(),
                      num_gpus=torch.cuda.device_count() if gpus_per_trial else 0,
                      include_dashboard=False, **kw)
         started = True
@@ -262,10 +264,3 @@ def run_ray(storage, study_name: str, space: SearchSpace, cfg: SearchConfig, tri
         if started:
             ray.shutdown()
     return ran
-
-
-def _cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1

@@ -11,9 +11,9 @@ from typing import Any, Callable, Sequence
 
 from .objective import DEFAULT_TRAINER, SearchConfig
 from .space import SearchSpace, load_space
-from .study import (SearchError, SearchSummary, default_study_name, enqueue_zoo,
-                    counted_trials, make_pruner, make_sampler, make_storage, open_study,
-                    redact, run_optuna, state_counts, storage_url)
+from .study import (SearchError, SearchSummary, counted_trials, default_study_name,
+                    enqueue_zoo, make_pruner, make_sampler, make_storage, open_study, redact,
+                    run_optuna, state_counts, storage_url)
 
 BACKENDS = ("optuna", "ray")
 
@@ -109,7 +109,7 @@ def run_search(
         if workers < 1:
             raise SearchError(f"--workers must be >= 1, found {workers}")
         if "threads" not in cfg.overrides and not _has_cuda():
-            cfg.overrides["threads"] = max(1, _cpu_count() // workers)
+            cfg.overrides["threads"] = max(1, cpu_count() // workers)
     elif workers:
         raise SearchError("--workers is for the optuna backend; with Ray use --num-cpus and "
                           "--cpus-per-trial")
@@ -162,7 +162,8 @@ def run_search(
     return summary
 
 
-def _cpu_count() -> int:
+def cpu_count() -> int:
+    """CPU cores this process may use."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:
@@ -177,7 +178,7 @@ def _has_cuda() -> bool:
 
 def auto_workers() -> int:
     """Local worker processes by default: one per core (up to 4) on CPU, one with a GPU."""
-    return 1 if _has_cuda() else max(1, min(4, _cpu_count()))
+    return 1 if _has_cuda() else max(1, min(4, cpu_count()))
 
 
 def _die_with(parent: int) -> None:
