@@ -16,8 +16,9 @@ in one process, A and B are timed INTERLEAVED (A B, then B A, ...; median over r
   resident set before the step, measured after all timing with glibc's mmap threshold pinned
   to 64 KiB and the heap trimmed, so freed tensors return to the OS.
 
-``--fast`` applies the same fast path to both (bf16 autocast on CUDA, channels_last,
-``torch.compile``), so a gain is the compiler's only where the ratio moves.
+``--fast`` applies the same fast path to both (:mod:`skipdsl.fast`: bf16 autocast on CUDA,
+channels_last, ``torch.compile``, and for inference CUDA graphs on CUDA; ``--fast PARTS`` picks
+parts), so a gain is the compiler's only where the ratio moves.
 Ratios are compiled / hand-written: > 1 means the compiled model is faster (img/s) or, for
 memory, needs more.
 """
@@ -49,6 +50,8 @@ try:
 except ImportError:  # run as a script: the repository root is not on sys.path
     sys.path.insert(0, str(ROOT))
     from benchmarks.reference_models import REFERENCE_MODELS
+
+from skipdsl.fast import PARTS, FastPath, FastPathError  # noqa: E402 (after the path fix)
 
 VNET_WIDTHS = [16, 32, 64, 128, 256]
 MODELS_2D = ["unet", "wunet", "unetpp", "unet3p", "unetsharp"]
@@ -83,10 +86,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--iters", type=int, default=None, help="steps per timed repetition")
     p.add_argument("--reps", type=int, default=None, help="timed repetitions per model (median)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps before timing")
-    p.add_argument("--fast", action="store_true",
-                   help="bf16 autocast (CUDA), channels_last and torch.compile, for both")
+    p.add_argument("--fast", nargs="?", const=",".join(PARTS), default=None, metavar="PARTS",
+                   help="the same fast path for both: bare --fast names every part (bf16 "
+                        "autocast and CUDA-graph inference on CUDA only; channels_last and "
+                        "torch.compile everywhere); or a comma list of "
+                        f"{','.join(PARTS)}")
     p.add_argument("--compile-mode", default=None,
-                   help="torch.compile mode with --fast (e.g. max-autotune-no-cudagraphs)")
+                   help="torch.compile mode with --fast (e.g. max-autotune-no-cudagraphs; "
+                        "reduce-overhead and max-autotune capture CUDA graphs themselves, so "
+                        "the explicit CUDA graphs are left out)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--skip-memory", action="store_true", help="no peak-memory measurement")
     p.add_argument("--out", default=None, help="write the markdown table here")
@@ -94,6 +102,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda but torch sees no CUDA device")
+    try:
+        args.fast_path = FastPath.resolve(args.fast, args.device, compile_mode=args.compile_mode)
+    except FastPathError as e:
+        p.error(str(e))
+    args.fast = bool(args.fast_path.applied)
     size, batch = DEFAULT_SHAPE[(args.device, args.dims)]
     args.size = args.size or size
     args.batch = args.batch or batch
@@ -164,18 +177,21 @@ def build_pair(name: str, args: argparse.Namespace) -> tuple[dict[str, nn.Module
 
 
 class Runner:
-    """One model's train and inference steps, with the chosen fast path."""
+    """One model's train and inference steps, with the chosen fast path (``args.fast_path``):
+    training runs the (compiled) forward under autocast; inference goes through
+    :class:`skipdsl.fast.FastInference` (CUDA graphs: captured in the first warm-up step,
+    then replayed)."""
 
     def __init__(self, model: nn.Module, args: argparse.Namespace) -> None:
         self.device = args.device
-        self.amp = args.fast and args.device == "cuda"
-        self.memory_format = torch.contiguous_format
-        if args.fast:
-            self.memory_format = torch.channels_last if args.dims == 2 else torch.channels_last_3d
+        self.fast: FastPath = args.fast_path
+        self.memory_format = self.fast.memory_format(args.dims) or torch.contiguous_format
+        if self.fast.channels_last:
             model = model.to(memory_format=self.memory_format)
         self.module = model
         self.opt = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-4)
-        self.fn: Callable = (torch.compile(model, mode=args.compile_mode) if args.fast else model)
+        self.fn: Callable = self.fast.compile_model(model)
+        self.infer = self.fast.inference(model, fn=self.fn)
         shape = (args.batch, 3, *(args.size,) * args.dims)
         g = torch.Generator().manual_seed(args.seed)
         self.x = torch.randn(shape, generator=g).to(args.device, memory_format=self.memory_format)
@@ -183,7 +199,7 @@ class Runner:
             args.device, memory_format=self.memory_format)
 
     def autocast(self):
-        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp)
+        return self.fast.autocast(self.device)
 
     def prepare(self, step: str) -> None:
         """Train or eval mode, set once before a phase (not inside the timed steps)."""
@@ -198,8 +214,7 @@ class Runner:
         self.opt.step()
 
     def infer_step(self) -> None:
-        with torch.no_grad(), self.autocast():
-            self.fn(self.x)
+        self.infer(self.x)  # no_grad, autocast, channels_last, CUDA graph replay
 
 
 def sync(device: str) -> None:
@@ -392,9 +407,8 @@ def table_rows(rows: list[Row], spread: bool = True) -> list[list[str]]:
 
 def settings(args: argparse.Namespace) -> dict[str, str]:
     fast = "off (eager fp32)"
-    if args.fast:
-        fast = ("bf16 autocast + " if args.device == "cuda" else "") + \
-            f"channels_last + torch.compile(mode={args.compile_mode!r})"
+    if args.fast or args.fast_path.skipped:
+        fast = args.fast_path.describe()
     return {
         "device": device_name(args.device),
         "torch": torch.__version__,

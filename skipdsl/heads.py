@@ -22,6 +22,39 @@ def head_conv(in_channels: int, num_classes: int, kernel: int, dims: int) -> nn.
     return conv_cls(dims)(in_channels, num_classes, kernel, padding=kernel // 2)
 
 
+#: Foreground fractions are clamped to this range before their log-odds become head biases.
+PRIOR_RANGE = (1e-3, 1.0 - 1e-3)
+
+
+def init_heads(model: nn.Module, prior: "torch.Tensor | float") -> torch.Tensor:
+    """Prior initialisation of every segmentation head of a compiled model: weights 0, bias the
+    log-odds of the foreground fraction ``prior`` (one value, or one per class).
+
+    Why: a head reads ReLU features (all >= 0). With random weights of one sign (at 8 channels
+    1 in 256 draws are all negative) or a bias of 0 under 9:1 background, the first Adam steps
+    push every weight negative and the head settles on an inverted code whose threshold the
+    bias reaches only slowly: UNet++ with deep supervision at widths 8..128 (seed 0) kept
+    x_0_4 empty for a whole smoke run. With weights 0 and the prior as bias (Lin et al. 2017)
+    the first gradient of each weight is the feature's foreground/background contrast, so the
+    sign is learnt from the data. Returns the biases written. CGM modules are left alone.
+    """
+    heads = getattr(model, "heads", None)
+    if heads is None:
+        raise ValueError("init_heads needs a compiled skipdsl model (it has no .heads)")
+    p = torch.as_tensor(prior, dtype=torch.float32).flatten().clamp(*PRIOR_RANGE)
+    bias = torch.log(p / (1.0 - p))
+    for name, head in heads.named_children():
+        conv = head if hasattr(head, "weight") else next(
+            m for m in head.modules() if hasattr(m, "weight") and m.weight.dim() > 2)
+        out = conv.weight.shape[0]
+        if bias.numel() not in (1, out):
+            raise ValueError(f"head {name}: {bias.numel()} prior values for {out} classes")
+        with torch.no_grad():
+            conv.weight.zero_()
+            conv.bias.copy_(bias.expand(out).to(conv.bias))
+    return bias
+
+
 class _PoolConcat(nn.Module):
     """Global average and max pooling, concatenated: (B, C, *S) -> (B, 2C)."""
 

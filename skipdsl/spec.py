@@ -188,7 +188,16 @@ class Spec(_Model):
     cgm: bool = False
     loss: str | None = None
     init: Literal["he", "torch"] = "he"
+    # how to run it, not what it is: off | on | a list of parts (skipdsl.fast); not hashed
+    fast: str | None = None
     source: str | None = Field(None, exclude=True)
+
+    @field_validator("fast", mode="before")
+    @classmethod
+    def _fast(cls, v):
+        from .fast import normalize
+
+        return None if v is None else normalize(v)
 
     @model_validator(mode="after")
     def _check(self) -> "Spec":
@@ -237,8 +246,10 @@ class Spec(_Model):
         return out
 
     def hash(self) -> str:
-        """A stable hash of the spec's content (graph-level canonical hash: skipdsl.graph)."""
-        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        """A stable hash of the spec's content (graph-level canonical hash: skipdsl.graph).
+        ``fast`` says how to run the network, not what it is: it is left out."""
+        data = {k: v for k, v in self.to_dict().items() if k != "fast"}
+        blob = json.dumps(data, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
 

@@ -21,7 +21,10 @@ import pandas as pd
 import pytest
 
 import skipdsl
+from skipdsl.search.runner import run_search
 from skipdsl.search.study import counted_trials
+
+from test_search_fakes import fake_train, run_until_a_trial_hangs
 
 TESTS = Path(__file__).resolve().parent
 
@@ -135,3 +138,22 @@ def test_two_workers_share_one_study_on_postgresql(postgres_url, tmp_path):
     out, _ = again.communicate(timeout=300)
     assert again.returncode == 0 and "0 trial(s) run here" in out, out
     assert len(study.get_trials()) == len(ts)
+
+
+@pytest.mark.slow
+def test_a_killed_worker_s_trial_is_failed_as_died_on_postgresql(postgres_url, tmp_path):
+    common = dict(dataset="nuclei2d", budget="smoke", latency_size=32, latency_iters=2,
+                  storage=postgres_url, trials=1, zoo=False, workers=1, heartbeat=1, grace=4)
+    pid = run_until_a_trial_hangs(tmp_path / "a", tmp_path / "hanging", **common)
+    # another worker (its own output folder) on the same study finds the dead worker's trial
+    summary = run_search(out=tmp_path / "b", trainer=fake_train, log=lambda s: None, **common)
+    assert summary.finished == 1
+    storage = optuna.storages.RDBStorage(postgres_url)
+    (name,) = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+    study = optuna.load_study(study_name=name, storage=storage)
+    ts = study.get_trials()
+    (dead,) = [t for t in ts if t.user_attrs.get("status") == "died"]
+    assert dead.state == optuna.trial.TrialState.FAIL
+    assert dead.user_attrs["reason"].startswith("worker died: no heartbeat for ")
+    assert dead.user_attrs["reason"].endswith(f":{pid})")
+    assert all(t.state.is_finished() for t in ts) and len(counted_trials(study)) == 1

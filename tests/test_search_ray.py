@@ -16,7 +16,7 @@ from skipdsl.search.runner import run_search
 from skipdsl.search.space import load_space
 from skipdsl.search.study import make_storage, trial_params
 
-from test_search_fakes import fake_train
+from test_search_fakes import fake_train, resume_and_check_died, run_until_a_trial_hangs
 
 TESTS = Path(__file__).resolve().parent
 
@@ -71,3 +71,26 @@ def test_ray_backend_fills_the_study_and_resumes_on_optuna(tmp_path, monkeypatch
     assert (df.iloc[first:]["worker"] == "ray").all() and len(df) > first
     more = run_search(trials=11, backend="optuna", zoo=True, workers=1, **common)
     assert more.ran >= 1 and more.finished == 11
+
+
+@pytest.mark.slow
+def test_a_killed_ray_driver_s_trial_is_failed_as_died_on_resume(tmp_path, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", str(TESTS))
+    out, marker = tmp_path / "kill", tmp_path / "hanging"
+    common = dict(dataset="nuclei2d", budget="smoke", latency_size=32, latency_iters=2,
+                  sampler_seed=0, zoo=False, trials=1, backend="ray", num_cpus=1,
+                  heartbeat=1, grace=4)
+    pid = run_until_a_trial_hangs(out, marker, timeout=300, **common)
+    settings = json.loads((out / "search.json").read_text())
+    study = optuna.load_study(study_name=settings["study_name"],
+                              storage=make_storage(settings["storage_url"], heartbeat=False))
+    (hung,) = [t for t in study.get_trials() if t.state == optuna.trial.TrialState.RUNNING]
+    assert hung.user_attrs["driver"].endswith(f":{pid}")
+    # resumed at once on Ray: the trial still looks alive and fills the study, so the driver
+    # waits; then it is failed with the reason before Ray asks for a new trial, and its point
+    # is run again
+    resume_and_check_died(out, hung, rf"ray driver .+:{pid}", **common)
+    again = [t for t in study.get_trials() if t.user_attrs.get("retry_of") == hung.number]
+    assert len(again) == 1 and again[0].params == hung.params
+    assert again[0].state == optuna.trial.TrialState.COMPLETE
+    assert again[0].user_attrs["driver"] != hung.user_attrs["driver"]

@@ -99,21 +99,51 @@ def test_samples_are_checked_specs_or_located_spec_errors(space):
     assert valid > 40 and invalid > 0
 
 
-def test_depth_is_a_dimension(space):
-    data = space.model_dump(mode="json", by_alias=True)
-    data["depth"] = [4, 5]
-    s = SearchSpace.model_validate(data)
+def test_depth_is_a_dimension_of_the_default_space(space):
+    assert space.depth == [4, 5]
     depths = set()
     for seed in range(40):
-        point = s.suggest(RandomTrial(seed))
+        point = space.suggest(RandomTrial(seed))
         assert ("width_mult_4" in point) == (point["depth"] == 5)
         try:
-            spec = s.build(point)
+            spec = space.build(point)
         except SpecError:
             continue
         depths.add(spec.depth)
         assert spec.main_head.node == f"x_0_{spec.depth - 1}"
+        assert len(spec.widths) == spec.depth
     assert depths == {4, 5}
+
+
+def test_a_depth_4_sample_trains_through_the_search_objective(space):
+    """UNet# one level shallower, with all its deep-supervision heads: sampled from the default
+    space, checked, compiled and trained for one epoch of two steps by the real trainer through
+    the Optuna objective (suggest -> prepare -> evaluate -> record)."""
+    import math
+
+    import optuna
+
+    from skipdsl.search.study import make_objective, trial_params
+
+    point = {k: v for k, v in space.point_of("unetsharp").items() if k != "width_mult_4"}
+    point.update(depth=4, deep_supervision=True, ds_heads="all")
+    cfg = SearchConfig(dataset="nuclei2d", width_scale=0.125, prune="none", latency_size=32,
+                       latency_iters=1,
+                       overrides={"epochs": 1, "n": 8, "batch_size": 4, "threads": 1})
+    study = optuna.create_study(directions=cfg.directions)
+    study.enqueue_trial(trial_params(space, point))
+    study.optimize(make_objective(space, cfg), n_trials=1)
+    (t,) = study.trials
+    assert t.state == optuna.trial.TrialState.COMPLETE, t.user_attrs.get("reason")
+    assert t.params["depth"] == 4 and t.user_attrs["status"] == "complete"
+    spec = skipdsl.spec.from_dict(t.user_attrs["spec"])
+    assert spec.depth == 4 and spec.widths == [4, 8, 16, 32]  # 32 x 2^i x 1/8
+    assert spec.main_head.node == "x_0_3" and len(spec.heads) == 6
+    assert len(t.user_attrs["curve"]) == 1 and 0.0 <= t.values[0] <= 1.0
+    assert all(math.isfinite(v) and v > 0 for v in t.values[1:])
+    # the recorded network is the inference one (main head): the compiled depth-4 spec
+    inference = skipdsl.compile(spec, deep_supervision=False, cgm=False)
+    assert t.user_attrs["params"] == sum(p.numel() for p in inference.parameters())
 
 
 def test_one_by_one_edges_record_invalid_reasons():

@@ -3,6 +3,7 @@ the cache by canonical hash, invalid and failed trials, pruning, and the outputs
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import optuna
@@ -18,7 +19,7 @@ from skipdsl.search.runner import report, run_search
 from skipdsl.search.space import load_space
 from skipdsl.search.study import SearchError, counted_trials, make_storage, trial_params
 
-from test_search_fakes import fake_train
+from test_search_fakes import fake_train, resume_and_check_died, run_until_a_trial_hangs
 
 @pytest.fixture(autouse=True)
 def one_thread():
@@ -30,8 +31,9 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-FAST = dict(dataset="nuclei2d", budget="smoke", latency_size=32, latency_iters=2,
-            sampler_seed=0, workers=1, log=lambda s: None)
+FAST_QUIET = dict(dataset="nuclei2d", budget="smoke", latency_size=32, latency_iters=2,
+                  sampler_seed=0, workers=1)
+FAST = dict(FAST_QUIET, log=lambda s: None)
 
 
 def _study(out: Path):
@@ -90,6 +92,47 @@ def test_local_workers_share_the_sqlite_study(tmp_path, monkeypatch):
     assert len({t.user_attrs.get("worker") for t in ts} - {None}) == 2
     settings = json.loads((out / "search.json").read_text())
     assert settings["config"]["overrides"]["threads"] >= 1
+
+
+def test_a_killed_worker_s_trial_is_failed_as_died_and_run_again(tmp_path):
+    out, marker = tmp_path / "kill", tmp_path / "hanging"
+    beat = dict(heartbeat=1, grace=4, zoo=False, trials=1)
+    pid = run_until_a_trial_hangs(out, marker, **beat, **FAST_QUIET)
+    (hung,) = [t for t in _study(out).get_trials() if t.state == TrialState.RUNNING]
+    assert hung.user_attrs["worker"].endswith(f":{pid}")
+    assert marker.read_text() == f"search_t{hung.number:04d}"
+    # resume at once: the dead worker's trial still looks alive and fills the one trial, so the
+    # run waits; with no heartbeat for the grace period it is failed with the reason, and its
+    # point is run again (and counts)
+    df = resume_and_check_died(out, hung, rf"worker .+:{pid}", **beat, **FAST_QUIET)
+    assert (~df["status"].isin(["invalid", "too_costly", "died"])).sum() == 1
+    (again,) = [t for t in _study(out).get_trials() if t.user_attrs.get("retry_of") == hung.number]
+    assert again.params == hung.params and again.state == TrialState.COMPLETE
+    assert again.user_attrs["worker"] != hung.user_attrs["worker"]
+    report_md = (out / "report.md").read_text()
+    assert f"- trial {hung.number} (died): worker died: no heartbeat for" in report_md
+    # the study is complete: a re-run starts nothing
+    assert run_search(out=out, trainer=fake_train, **beat, **FAST).ran == 0
+
+
+def test_a_running_trial_that_never_had_a_heartbeat_is_failed_too(tmp_path):
+    out = tmp_path / "old"
+    run_search(trials=1, out=out, trainer=fake_train, zoo=False, **FAST)
+    orphan = _study(out).ask()  # RUNNING with no heartbeat ever (a process that recorded none)
+    lines: list[str] = []
+    summary = run_search(trials=2, out=out, trainer=fake_train, zoo=False, heartbeat=1, grace=2,
+                         **{**FAST, "log": lines.append})
+    assert any(f"waiting for running trial(s) {orphan.number} " in s for s in lines), lines
+    assert summary.finished == 2
+    df = pd.read_csv(out / "trials.csv").set_index("number")
+    assert df.loc[orphan.number, "status"] == "died" and df.loc[orphan.number, "state"] == "FAIL"
+    assert re.fullmatch(r"worker died: no heartbeat for \d+ s", df.loc[orphan.number, "reason"])
+    assert (df["state"] != "RUNNING").all()
+
+
+def test_heartbeat_settings_are_checked(tmp_path):
+    with pytest.raises(SearchError, match="interval < grace"):
+        run_search(trials=1, out=tmp_path, trainer=fake_train, heartbeat=5, grace=5, **FAST)
 
 
 def test_settings_of_a_study_cannot_change_under_it(tmp_path):

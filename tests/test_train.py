@@ -83,7 +83,8 @@ def test_augment_rejects_mismatched_shapes():
 
 
 def test_budgets_and_config_checks():
-    assert BUDGETS["paper"].epochs == 100 and BUDGETS["smoke"].widths[0] <= 8
+    assert BUDGETS["paper"].epochs == 100 and BUDGETS["paper"].width_scale == 1.0
+    assert BUDGETS["smoke"].width_scale < BUDGETS["short"].width_scale < 1
     cfg = resolve_config({"model": "unet", "dataset": "nuclei2d"})
     assert cfg["lr"] == 1e-3 and cfg["weight_decay"] == 1e-4 and cfg["budget"] == "smoke"
     with pytest.raises(ValueError, match="unknown trainer config"):
@@ -93,6 +94,21 @@ def test_budgets_and_config_checks():
 
 
 # -- training -------------------------------------------------------------------------------
+
+
+def test_budget_scales_each_spec_keeps_depth_and_relative_width(cache_dir):
+    """The budget scales the spec's own widths: a depth-4 spec trains with four levels and
+    UNet 3+ (64..1024) stays twice as wide as UNet (32..512)."""
+    import skipdsl
+
+    four = skipdsl.load("unet").to_dict()
+    four["name"] = "unet_depth4"
+    four["grid"] = {"depth": 4, "widths": [32, 64, 128, 256]}
+    four["heads"] = [{"node": "x_0_3"}]
+    r4 = train_and_evaluate(tiny(cache_dir, model=four, widths=None, n=8, epochs=1))
+    assert r4["status"] == "ok" and r4["widths"] == [8, 16, 32, 64]
+    r3p = train_and_evaluate(tiny(cache_dir, model="unet3p", widths=None, n=8, epochs=1))
+    assert r3p["widths"] == [16, 32, 64, 128, 256]
 
 
 def test_train_and_evaluate_tiny(cache_dir):
@@ -166,3 +182,12 @@ def test_bf16_autocast_and_channels_last_path(cache_dir):
     r = train_and_evaluate(tiny(cache_dir, amp=True, channels_last=True, seed=1))
     assert r["status"] == "ok", r["reason"]
     assert 0.0 <= r["iou"] <= 1.0 and r["curve"][0]["train_loss"] == r["curve"][0]["train_loss"]
+
+
+def test_unetpp_deep_supervision_main_head_learns(cache_dir):
+    """Regression: UNet++ with deep supervision at widths 8..128, seed 0, kept its main head
+    x_0_4 empty (IoU 0) under He-initialised heads; the default prior head init fixes it."""
+    r = train_and_evaluate(tiny(cache_dir, model="unetpp", deep_supervision=True, n=64,
+                                epochs=6, widths=[8, 16, 32, 64, 128], threads=2, prune=False))
+    assert r["status"] == "ok" and r["head_init"] == "prior"
+    assert r["iou"] > 0.1

@@ -63,7 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="measure HD95 (default: short and paper budgets)")
     r.add_argument("--cgm", action=argparse.BooleanOptionalAction, default=None,
                    help="classification-guided module on the heads that name one")
+    r.add_argument("--head-init", choices=("prior", "he"), default=None,
+                   help="prior (default): head weights 0, bias = log-odds of the training "
+                   "foreground; he: the papers' exact init")
     r.add_argument("--device", default=None, help="auto (default), cpu or cuda")
+    r.add_argument("--fast", nargs="?", const="on", default=None, metavar="PARTS",
+                   help="fast path, over the specs' fast: (bare --fast = on: bf16, "
+                   "channels_last, torch.compile, CUDA-graph inference on CUDA, none on CPU); "
+                   "off, or parts: bf16,channels_last,compile,cuda_graphs (skipdsl/fast.py)")
     r.add_argument("--retry-failed", action="store_true", help="re-run failed trials")
     r.add_argument("--no-report", action="store_true", help="skip report.md and plots")
     r.add_argument("--no-progress", action="store_true")
@@ -97,6 +104,7 @@ def _cmd_run(a: argparse.Namespace) -> int:
     import skipdsl
     from skipdsl.bench import report, runner
     from skipdsl.data import expand_datasets
+    from skipdsl.fast import normalize
 
     models = skipdsl.list_models() if a.models in ("all", "") else _csv(a.models)
     datasets = expand_datasets(a.datasets, a.data_root)
@@ -105,7 +113,7 @@ def _cmd_run(a: argparse.Namespace) -> int:
     overrides = {"epochs": a.epochs, "n": a.n, "widths": _widths(a.widths),
                  "batch_size": a.batch_size, "lr": a.lr, "loss": a.loss, "hd95": a.hd95,
                  "data_root": a.data_root, "cache_dir": a.cache_dir, "device": a.device,
-                 "cgm": a.cgm}
+                 "cgm": a.cgm, "head_init": a.head_init, "fast": None if a.fast is None else normalize(a.fast)}
     trials = runner.plan(models, datasets, seeds=seeds, deep_supervision=a.ds, budget=a.budget,
                          overrides=overrides)
     from rich.console import Console
@@ -113,7 +121,8 @@ def _cmd_run(a: argparse.Namespace) -> int:
     console = Console(stderr=True)
     console.print(f"{len(trials)} trials: models {', '.join(models)}; datasets "
                   f"{', '.join(datasets)}; seeds {seeds}; DS {a.ds}; budget {a.budget}; "
-                  f"backend {a.backend}" + (f" at {a.address}" if a.address else ""),
+                  f"backend {a.backend}" + (f" at {a.address}" if a.address else "")
+                  + (f"; fast {overrides['fast']}" if overrides["fast"] else ""),
                   highlight=False)
     summary = runner.run_sweep(trials, out, backend=a.backend, address=a.address,
                                cpus_per_trial=a.cpus_per_trial, gpus_per_trial=a.gpus_per_trial,

@@ -339,13 +339,6 @@ def _store_callback_class(tune):
     return StoreCallback
 
 
-def _cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
 def _run_ray(pending: list[Trial], out: Path, summary: SweepSummary, prog: _Progress, *,
              address: str | None, cpus_per_trial: float, gpus_per_trial: float,
              num_cpus: int | None, verbose: bool) -> None:
@@ -353,33 +346,17 @@ def _run_ray(pending: list[Trial], out: Path, summary: SweepSummary, prog: _Prog
 
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    import ray
     from ray import tune
+
+    from ..raytools import ray_session
 
     # the store holds the results: Tune's own loggers are off, so its end-of-run analysis
     # has no metrics files to read and would warn about each trial
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     callback = _store_callback_class(tune)(out, {t.key: t for t in pending}, summary, prog)
 
-    # workers must import skipdsl: installed, or through PYTHONPATH (same machine / shared fs)
-    pkg_root = str(Path(__file__).resolve().parents[2])
-    env = {"PYTHONPATH": os.pathsep.join(p for p in (pkg_root, os.environ.get("PYTHONPATH"))
-                                         if p),
-           "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}
-    started = False
-    if not ray.is_initialized():
-        kw = dict(runtime_env={"env_vars": env}, log_to_driver=verbose,
-                  logging_level=logging.INFO if verbose else logging.WARNING)
-        if address:
-            ray.init(address=address, **kw)
-        else:
-            import torch
-
-            ray.init(address="local", num_cpus=num_cpus or _cpu_count(),
-                     num_gpus=torch.cuda.device_count() if gpus_per_trial else 0,
-                     include_dashboard=False, **kw)
-        started = True
-    try:
+    with ray_session(address=address, num_cpus=num_cpus, gpus=bool(gpus_per_trial),
+                     verbose=verbose, env={"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}) as ray:
         have = ray.cluster_resources()
         if gpus_per_trial > have.get("GPU", 0) or cpus_per_trial > have.get("CPU", 0):
             raise ValueError(
@@ -406,6 +383,3 @@ def _run_ray(pending: list[Trial], out: Path, summary: SweepSummary, prog: _Prog
             ),
         )
         tuner.fit()
-    finally:
-        if started:
-            ray.shutdown()

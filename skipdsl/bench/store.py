@@ -53,7 +53,7 @@ RESULT_COLUMNS = [
     "model", "dataset", "seed", "deep_supervision", "loss", "iou", "dice", "hd95", "fp_empty",
     "params", "gflops", "images_per_s", "train_seconds", "spec_hash", "status", "reason",
     "iou_std", "dice_std", "n_cases", "budget", "epochs", "best_epoch", "device", "node",
-    "trial_key",
+    "trial_key", "fast", "head_init",
 ]
 
 

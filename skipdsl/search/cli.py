@@ -25,6 +25,7 @@ def _positive_int(v: str) -> int:
 def add_subparsers(sub) -> None:
     """Add ``run``, ``report`` and ``space`` to an argparse subparsers object."""
     from .objective import DEFAULT_TRAINER, OBJECTIVES
+    from .study import HEARTBEAT_S
 
     r = sub.add_parser("run", help="run (or resume) a search; writes trials.csv, pareto/, "
                        "pareto.png, report.md under --out",
@@ -75,6 +76,10 @@ def add_subparsers(sub) -> None:
     r.add_argument("--threads", type=_positive_int, default=None,
                    help="torch CPU threads per trial")
     r.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1 ...")
+    r.add_argument("--fast", nargs="?", const="on", default=None, metavar="PARTS",
+                   help="trainer fast path (bare --fast = on: bf16, channels_last, "
+                   "torch.compile, CUDA-graph evaluation on CUDA, none on CPU); off, or parts: "
+                   "bf16,channels_last,compile,cuda_graphs. Not part of a trial's cache key")
     r.add_argument("--latency-size", type=_positive_int, default=None,
                    help="image side for the latency objective (default 96 in 2D, 64 in 3D)")
     r.add_argument("--latency-iters", type=_positive_int, default=20,
@@ -84,6 +89,12 @@ def add_subparsers(sub) -> None:
                    "up to 4 on CPU, each single-threaded; 1 with a GPU)")
     r.add_argument("--trainer", default=DEFAULT_TRAINER,
                    help="module:function with train_and_evaluate's signature")
+    r.add_argument("--heartbeat", type=_positive_int, default=HEARTBEAT_S, metavar="S",
+                   help=f"seconds between a running trial's heartbeats ({HEARTBEAT_S})")
+    r.add_argument("--grace", type=_positive_int, default=None, metavar="S",
+                   help="a trial with no heartbeat for S seconds (default 3 x --heartbeat) "
+                   "belongs to a dead worker: it is failed as 'died' with the reason, run "
+                   "again once, and not counted")
     g = r.add_argument_group("ray backend")
     g.add_argument("--address", default=None, help="Ray cluster address (default: a local Ray)")
     g.add_argument("--num-cpus", type=_positive_int, default=None,
@@ -112,11 +123,13 @@ def _console():
 
 
 def _run(args) -> int:
+    from ..fast import normalize
     from .runner import run_search
 
     con = _console()
     overrides = {"epochs": args.epochs, "n": args.n, "data_root": args.data_root,
-                 "threads": args.threads, "device": args.device}
+                 "threads": args.threads, "device": args.device,
+                 "fast": None if args.fast is None else normalize(args.fast)}
     summary = run_search(
         dataset=args.dataset, trials=args.trials, out=args.out, space=args.space,
         budget=args.budget, seed=args.seed,
@@ -131,7 +144,8 @@ def _run(args) -> int:
         latency_iters=args.latency_iters,
         workers=args.workers, address=args.address,
         cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
-        num_cpus=args.num_cpus, command=_command(), log=con.print)
+        num_cpus=args.num_cpus, heartbeat=args.heartbeat, grace=args.grace,
+        command=_command(), log=con.print)
     states = ", ".join(f"{k} {v}" for k, v in sorted(summary.states.items()))
     con.print(f"[green]done[/]: {summary.ran} trial(s) run here; the study holds "
               f"{summary.finished} evaluated networks ({states}); {summary.seconds:.0f} s")

@@ -18,6 +18,11 @@
   server (PostgreSQL).
 - Re-running resumes: the study in the database is the searcher's state (Ray's own searcher
   checkpoint is not written), and only the trials still missing are started.
+- The driver records a heartbeat for every trial it has asked and not yet told
+  (:class:`.heartbeat.Pulse`). If it is killed, its trials stay RUNNING without heartbeats; a
+  resumed run (or another driver) fails them with status ``died`` and the reason before asking
+  new trials, and waits for trials that still look alive (:func:`.study.missing_trials`), so
+  the study still reaches its trial count.
 """
 from __future__ import annotations
 
@@ -29,9 +34,9 @@ from typing import Any, Callable
 
 from ..errors import SpecError
 from .objective import (OBJECTIVES, RECORD_KEYS, Prepared, SearchConfig, TooCostly, evaluate,
-                        find_cached, prepare)
+                        find_cached, prepare, worker_id)
 from .space import SearchSpace
-from .study import _enough, counted_trials, open_study
+from .study import missing_trials, open_study
 
 _KEY = "skipdsl"  # the config entry the driver hands to the trainable
 _EXTRA = ("seconds",)
@@ -125,10 +130,9 @@ def run_ray(storage, study_name: str, space: SearchSpace, cfg: SearchConfig, tri
 
     # sampling validates the spec, checks its cost and looks up the cache: seconds, on purpose
     warnings.filterwarnings("ignore", message="Define-by-run function passed in the `space`")
+    # the driver records the heartbeats of the trials it asks (Pulse below), not study.optimize
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    import logging
-
-    import ray
     from optuna.trial import TrialState
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -136,20 +140,28 @@ def run_ray(storage, study_name: str, space: SearchSpace, cfg: SearchConfig, tri
 
     from skipdsl.train.trainer import BUDGETS
 
+    from ..raytools import ray_session
+    from .heartbeat import Pulse
+
     log = _Log(log)
     study = open_study(storage, study_name, space, cfg, create=False)
-    if _enough(study, trials, log):
+    if not missing_trials(study, trials, log):
         return 0
     single = len(cfg.objectives) == 1
     metrics = [OBJECTIVES[o].key for o in cfg.objectives]
     modes = ["max" if OBJECTIVES[o].direction == "maximize" else "min" for o in cfg.objectives]
     cached: dict[int, Any] = {}
+    interval = storage.get_heartbeat_interval()
+    pulse = Pulse(storage, interval) if interval else None
 
     def define(ot_trial) -> dict[str, Any]:
         """Runs on the driver for every new trial (OptunaSearch's define-by-run space)."""
+        if pulse is not None:
+            pulse.add(ot_trial._trial_id)  # the study's id of the trial (Optuna's own use)
         point = space.suggest(ot_trial)
         number = ot_trial.number
         ot_trial.set_user_attr("worker", "ray")
+        ot_trial.set_user_attr("driver", worker_id())
         try:
             prep = prepare(space, point, cfg, name=f"search_t{number:04d}")
         except (SpecError, TooCostly) as err:
@@ -202,6 +214,8 @@ def run_ray(storage, study_name: str, space: SearchSpace, cfg: SearchConfig, tri
                                     state=state)
             except Exception as err:  # never lose the run over one tell
                 log(f"trial {ot_trial.number}: could not be recorded: {err}")
+            if pulse is not None:  # still RUNNING if the tell failed: failed as died later
+                pulse.discard(ot_trial._trial_id)
             self._completed_trials.add(trial_id)
             log(f"trial {ot_trial.number}: {attrs.get('status')}"
                 + (f" {', '.join(f'{m} {v:.4g}' for m, v in zip(metrics, values))}"
@@ -218,49 +232,36 @@ def run_ray(storage, study_name: str, space: SearchSpace, cfg: SearchConfig, tri
 
     if "threads" not in cfg.overrides:
         cfg.overrides["threads"] = max(1, int(math.ceil(cpus_per_trial)))
-    pkg_root = str(Path(__file__).resolve().parents[2])
-    env = {"PYTHONPATH": os.pathsep.join(p for p in (pkg_root, os.environ.get("PYTHONPATH"))
-                                         if p)}
-    started = False
-    if not ray.is_initialized():
-        kw: dict[str, Any] = dict(runtime_env={"env_vars": env}, log_to_driver=False,
-                                  logging_level=logging.WARNING)
-        if address:
-            ray.init(address=address, **kw)
-        else:
-            import torch
-
-            from .runner import cpu_count
-
-            ray.init(address="local", num_cpus=num_cpus or cpu_count(),
-                     num_gpus=torch.cuda.device_count() if gpus_per_trial else 0,
-                     include_dashboard=False, **kw)
-        started = True
     ran = 0
-    try:
-        trainable = tune.with_resources(
-            tune.with_parameters(_trainable, cfg=cfg.to_dict(), trainer=trainer,
-                                 gpus_per_trial=gpus_per_trial),
-            {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
-        # invalid and too costly samples do not count: run rounds until enough networks ran
-        while not _enough(study, trials, log):
-            remaining = trials - len(counted_trials(study))
-            searcher = Searcher(space=define, metric=metrics if not single else metrics[0],
-                                mode=modes if not single else modes[0], sampler=sampler,
-                                study_name=study_name, storage=storage)
-            tuner = tune.Tuner(
-                trainable,
-                tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler(),
-                                            num_samples=remaining, reuse_actors=True,
-                                            trial_dirname_creator=lambda t: f"trial_{t.trial_id}"),
-                run_config=tune.RunConfig(name=time.strftime("search-%Y%m%d-%H%M%S"),
-                                          storage_path=str(Path(out).resolve() / ".ray"),
-                                          verbose=0,
-                                          failure_config=tune.FailureConfig(max_failures=0)),
-            )
-            tuner.fit()
-            ran += remaining
-    finally:
-        if started:
-            ray.shutdown()
+    with ray_session(address=address, num_cpus=num_cpus, gpus=bool(gpus_per_trial)):
+        if pulse is not None:
+            pulse.start()
+        try:
+            trainable = tune.with_resources(
+                tune.with_parameters(_trainable, cfg=cfg.to_dict(), trainer=trainer,
+                                     gpus_per_trial=gpus_per_trial),
+                {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
+            # invalid and too costly samples do not count: run rounds until enough networks ran
+            while remaining := missing_trials(study, trials, log):
+                searcher = Searcher(space=define, metric=metrics if not single else metrics[0],
+                                    mode=modes if not single else modes[0], sampler=sampler,
+                                    study_name=study_name, storage=storage)
+                tuner = tune.Tuner(
+                    trainable,
+                    tune_config=tune.TuneConfig(
+                        search_alg=searcher, scheduler=scheduler(), num_samples=remaining,
+                        reuse_actors=True,
+                        trial_dirname_creator=lambda t: f"trial_{t.trial_id}"),
+                    run_config=tune.RunConfig(name=time.strftime("search-%Y%m%d-%H%M%S"),
+                                              storage_path=str(Path(out).resolve() / ".ray"),
+                                              verbose=0,
+                                              failure_config=tune.FailureConfig(max_failures=0)),
+                )
+                tuner.fit()
+                ran += remaining
+                if pulse is not None:  # every trial of the round was told (or is lost)
+                    pulse.clear()
+        finally:
+            if pulse is not None:
+                pulse.stop()
     return ran

@@ -200,7 +200,7 @@ def write_report(out: Path, df, front, paths: list[Path], cfg: SearchConfig,
                                   "latency_ms", "hash"]))
     else:
         lines.append("None measured in this study (run without --no-zoo to measure them).")
-    bad = df[df["status"].isin(["invalid", "too_costly", "failed"])]
+    bad = df[df["status"].isin(["invalid", "too_costly", "failed", "died"])]
     lines += ["", "## Invalid, too costly and failed trials", ""]
     if len(bad):
         for _, r in bad.iterrows():

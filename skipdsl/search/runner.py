@@ -9,11 +9,12 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from ..raytools import cpu_count
 from .objective import DEFAULT_TRAINER, SearchConfig
 from .space import SearchSpace, load_space
-from .study import (SearchError, SearchSummary, counted_trials, default_study_name,
-                    enqueue_zoo, make_pruner, make_sampler, make_storage, open_study, redact,
-                    run_optuna, state_counts, storage_url)
+from .study import (HEARTBEAT_S, SearchError, SearchSummary, counted_trials,
+                    default_study_name, enqueue_zoo, make_pruner, make_sampler, make_storage,
+                    open_study, redact, run_optuna, state_counts, storage_url)
 
 BACKENDS = ("optuna", "ray")
 
@@ -54,6 +55,8 @@ def run_search(
     cpus_per_trial: float = 1,
     gpus_per_trial: float = 0,
     num_cpus: int | None = None,
+    heartbeat: int = HEARTBEAT_S,
+    grace: int | None = None,
     outputs: bool = True,
     command: str | None = None,
     log: Callable[[str], None] | None = None,
@@ -74,6 +77,11 @@ def run_search(
     ``cores // workers`` torch threads, unless ``overrides`` sets ``threads``), 1 with a GPU.
     Small networks train faster as parallel single-threaded trials than as one multi-threaded
     trial, and much faster when other work shares the cores.
+
+    ``heartbeat``: seconds between the heartbeats of a running trial (both backends); a trial
+    with none for ``grace`` seconds (default 3 x ``heartbeat``) belongs to a worker that died
+    (killed command, lost machine): the next worker or resumed run to look fails it with status
+    ``died`` and its reason, runs its point again once, and still reaches ``trials``.
     """
     import optuna
 
@@ -113,6 +121,7 @@ def run_search(
     elif workers:
         raise SearchError("--workers is for the optuna backend; with Ray use --num-cpus and "
                           "--cpus-per-trial")
+    grace = 3 * heartbeat if grace is None else grace
     out = Path(out).resolve()
     url = storage_url(out, storage)
     name = study_name or default_study_name(sp, cfg)
@@ -120,7 +129,7 @@ def run_search(
     logging.getLogger("optuna").setLevel(logging.WARNING)
     kind = sampler if sampler != "auto" else ("nsga2" if len(cfg.objectives) > 1 else "tpe")
     samp = make_sampler(kind, len(cfg.objectives), population=population, seed=sampler_seed)
-    store = make_storage(url, heartbeat=backend == "optuna")  # heartbeats need study.optimize
+    store = make_storage(url, interval=heartbeat, grace=grace)
     study = open_study(store, name, sp, cfg, sampler=samp, pruner=make_pruner(cfg))
     settings = {
         "command": command, "study_name": name, "storage": redact(url),
@@ -129,6 +138,7 @@ def run_search(
         if sp.source and Path(sp.source).is_file() else sp.name,
         "space_size": sp.size(), "sampler": kind, "population": population,
         "backend": backend, "config": cfg.to_dict(),
+        "heartbeat": {"interval": heartbeat, "grace": grace},
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "search.json").write_text(json.dumps(settings, indent=2))
@@ -142,7 +152,7 @@ def run_search(
         f"x{cfg.width_scale:g}")
     if backend == "optuna" and workers > 1:
         ran = _run_workers(workers, sp, cfg, url, name, trials, trainer, kind, population,
-                           sampler_seed, log, study)
+                           sampler_seed, log, study, (heartbeat, grace))
     elif backend == "optuna":
         ran = run_optuna(study, sp, cfg, trials, trainer=trainer, log=log)
     else:
@@ -162,14 +172,6 @@ def run_search(
     return summary
 
 
-def cpu_count() -> int:
-    """CPU cores this process may use."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
 def _has_cuda() -> bool:
     import torch
 
@@ -184,7 +186,7 @@ def auto_workers() -> int:
 def _die_with(parent: int) -> None:
     """End this process when ``parent`` ends (Linux prctl PR_SET_PDEATHSIG), so that a killed
     command leaves no worker behind; its running trial is then failed by the heartbeat check
-    and queued again."""
+    (status ``died``) and queued again."""
     import signal
 
     try:
@@ -199,7 +201,7 @@ def _die_with(parent: int) -> None:
 
 def _worker(index: int, space: SearchSpace, cfg: SearchConfig, url: str, name: str,
             trials: int, trainer: Any, kind: str, population: int, seed: int | None,
-            parent: int) -> None:
+            parent: int, beat: tuple[int, int]) -> None:
     """A local worker process: its own storage connection and sampler on the shared study."""
     import optuna
     from rich.console import Console
@@ -212,15 +214,15 @@ def _worker(index: int, space: SearchSpace, cfg: SearchConfig, url: str, name: s
     con = Console(stderr=True, highlight=False)
     sampler = make_sampler(kind, len(cfg.objectives), population=population,
                            seed=None if seed is None else seed + index)
-    study = open_study(make_storage(url), name, space, cfg, sampler=sampler,
-                       pruner=make_pruner(cfg), create=False)
+    study = open_study(make_storage(url, interval=beat[0], grace=beat[1]), name, space, cfg,
+                       sampler=sampler, pruner=make_pruner(cfg), create=False)
     run_optuna(study, space, cfg, trials, trainer=trainer,
                log=lambda s: con.print(f"[dim]w{index}[/] {s}"))
 
 
 def _run_workers(n: int, space: SearchSpace, cfg: SearchConfig, url: str, name: str,
                  trials: int, trainer: Any, kind: str, population: int, seed: int | None,
-                 log: Callable[[str], None], study) -> int:
+                 log: Callable[[str], None], study, beat: tuple[int, int]) -> int:
     """Run ``n`` workers on the study: this process and ``n - 1`` spawned ones."""
     import multiprocessing as mp
 
@@ -228,7 +230,7 @@ def _run_workers(n: int, space: SearchSpace, cfg: SearchConfig, url: str, name: 
     ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=_worker, name=f"skipdsl-search-w{i}",
                          args=(i, space, cfg, url, name, trials, trainer, kind, population, seed,
-                               os.getpid()))
+                               os.getpid(), beat))
              for i in range(1, n)]
     for p in procs:
         p.start()

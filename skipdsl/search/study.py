@@ -4,13 +4,18 @@
   user@host:port/db"`` for a server that workers on several machines share. SQLite serialises
   writers: the few local workers of one command (a write per epoch each, 60 s busy timeout) are
   fine, many writers get "database is locked" (Optuna #820, #4994): use PostgreSQL for those.
-  Heartbeats (every 20 s) mark the trials of a killed worker as failed after 60 s and enqueue
-  them again once.
+  Heartbeats (every 20 s; ``heartbeat``) tell a dead worker's trial from a long one: a trial
+  with none for 60 s (``grace``) is failed by the next worker or resumed run that looks, with
+  status ``died`` and the reason ``worker died: no heartbeat for N s``, and its point is queued
+  again once (:mod:`.heartbeat`).
 - Study: its name defaults to ``skipdsl-<space>-<dataset>-<budget>-s<seed>``; it records the
   search settings, and a worker (or a re-run) whose settings differ is refused, so results of
   different setups never mix. Re-running the same command loads the study and runs the trials
   still missing up to ``trials`` evaluated networks (those of every worker, running ones too;
-  invalid and too costly samples are recorded but not counted, up to :func:`max_skipped`).
+  invalid and too costly samples, and trials of dead workers, are recorded but not counted;
+  invalid ones up to :func:`max_skipped`). A worker whose count is reached only with other
+  workers' running trials waits for them (:func:`missing_trials`), so a trial whose worker
+  died is replaced.
 - Sampler: NSGA-II for several objectives, TPE for one (``sampler="auto"``).
 - Pruning: Optuna's ``MedianPruner`` through ``trial.report`` when IoU is the one objective; for
   several objectives (where Optuna's pruners and ``trial.report`` are not available), or one
@@ -31,8 +36,8 @@ from .objective import (OBJECTIVES, RECORD_KEYS, RESULT_OVERRIDES, SearchConfig,
                         evaluate, find_cached, median_rule, objective_values, prepare, worker_id)
 from .space import SearchSpace, load_space
 
-HEARTBEAT_S = 20
-GRACE_S = 60
+HEARTBEAT_S = 20  # seconds between the heartbeats of a running trial
+GRACE_S = 60  # seconds without one after which its worker is taken for dead
 #: Settings a study is created with; a worker with other values is refused.
 STUDY_KEYS = ("space", "space_fingerprint", "dataset", "budget", "seed", "objectives",
               "width_scale", "max_gflops", "trainer", "overrides")
@@ -74,12 +79,18 @@ def redact(url: str) -> str:
         return url.split("@")[-1] if "@" in url else url
 
 
-def make_storage(url: str, *, heartbeat: bool = True):
-    """An Optuna RDB storage (with heartbeats); retries table creation, which two workers
-    starting at once on a fresh PostgreSQL database can race on."""
+def make_storage(url: str, *, heartbeat: bool = True, interval: int = HEARTBEAT_S,
+                 grace: int = GRACE_S):
+    """An Optuna RDB storage; retries table creation, which two workers starting at once on a
+    fresh PostgreSQL database can race on. With ``heartbeat``, running trials record a heartbeat
+    every ``interval`` seconds, and one with none for ``grace`` seconds is failed as ``died``
+    with its reason and queued again once (:class:`.heartbeat.HeartbeatStorage`)."""
     import optuna
-    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+    from optuna.storages import RDBStorage
 
+    if heartbeat and not 0 < interval < grace:
+        raise SearchError(f"heartbeat interval {interval} s and grace period {grace} s: need "
+                          "0 < interval < grace (a live worker beats several times per grace)")
     kw: dict[str, Any] = {}
     if url.startswith("sqlite"):
         kw["engine_kwargs"] = {"connect_args": {"timeout": 60}}
@@ -91,9 +102,11 @@ def make_storage(url: str, *, heartbeat: bool = True):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 if heartbeat:
-                    kw.update(heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
-                                  max_retry=1))
+                    from .heartbeat import HeartbeatStorage, requeue_once
+
+                    return HeartbeatStorage(url, heartbeat_interval=int(interval),
+                                            grace_period=int(grace),
+                                            heartbeat_stale_trial_callback=requeue_once, **kw)
                 return RDBStorage(url, **kw)
         except Exception as err:  # sqlalchemy errors: a race on table creation, a server down
             last = err
@@ -175,7 +188,8 @@ SKIPPED = ("invalid", "too_costly")
 def counted_trials(study) -> list:
     """Trials that count towards ``trials``: the networks evaluated or being evaluated
     (complete, cached, pruned, failed in training, running). Invalid and too costly samples are
-    recorded but not counted; nor are trials failed by an interrupt or a dead worker."""
+    recorded but not counted; nor are trials failed by an interrupt or a dead worker (status
+    ``died``)."""
     from optuna.trial import TrialState
 
     out = []
@@ -197,14 +211,53 @@ def max_skipped(trials: int) -> int:
     return max(50, 10 * trials)
 
 
-def _enough(study, trials: int, log: Callable[[str], None]) -> bool:
-    if len(counted_trials(study)) >= trials:
-        return True
-    if skipped_samples(study) >= max_skipped(trials):
-        log(f"[red]stopping[/]: {skipped_samples(study)} samples were invalid or too costly "
-            "(see trials.csv): check the space, or the budget's max_gflops")
-        return True
-    return False
+def fail_dead_trials(study) -> None:
+    """Fail the running trials whose worker stopped sending heartbeats (status ``died``, with
+    the reason; see :mod:`.heartbeat`); nothing when the storage has no heartbeats."""
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+def missing_trials(study, trials: int, log: Callable[[str], None]) -> int:
+    """How many trials to start now so that the study holds ``trials`` counted trials: 0 when
+    it does, or when the space proved mostly invalid (:func:`max_skipped`).
+
+    Dead workers' trials are failed first. When the count is reached only with trials that are
+    still running (other workers', or a killed run's that still look alive), this waits,
+    looking again every second: they finish, or their worker is found dead after the grace
+    period and a replacement is due. Without heartbeats it does not wait.
+    """
+    from optuna.trial import TrialState
+
+    interval = _heartbeat_interval(study)
+    said = False
+    while True:
+        fail_dead_trials(study)
+        counted = counted_trials(study)
+        if len(counted) < trials:
+            if skipped_samples(study) >= max_skipped(trials):
+                log(f"[red]stopping[/]: {skipped_samples(study)} samples were invalid or too "
+                    "costly (see trials.csv): check the space, or the budget's max_gflops")
+                return 0
+            return trials - len(counted)
+        running = [t.number for t in counted if t.state == TrialState.RUNNING]
+        if not running or interval is None:
+            return 0
+        if not said:
+            log(f"{len(counted)} of {trials} trials done or running; waiting for running trial(s) "
+                f"{', '.join(map(str, running))} (a trial without heartbeat for the grace period "
+                "is failed as 'died' and run again)")
+            said = True
+        time.sleep(1.0)
+
+
+def _heartbeat_interval(study) -> int | None:
+    storage = getattr(study, "_storage", None)  # Optuna keeps the storage private
+    get = getattr(storage, "get_heartbeat_interval", None)
+    return get() if get is not None else None
 
 
 def zoo_points(space: SearchSpace) -> dict[str, dict[str, Any]]:
@@ -334,16 +387,14 @@ def make_objective(space: SearchSpace, cfg: SearchConfig, *, trainer=None,
 def run_optuna(study, space: SearchSpace, cfg: SearchConfig, trials: int, *, trainer=None,
                log: Callable[[str], None] = lambda s: None) -> int:
     """Run trials in this process until the study holds ``trials`` counted trials
-    (:func:`counted_trials`); returns how many trials (of any outcome) it started."""
+    (:func:`counted_trials`), none of them running elsewhere (:func:`missing_trials`); returns
+    how many trials (of any outcome) it started."""
     import optuna
 
     objective = make_objective(space, cfg, trainer=trainer, log=log)
     ran = 0
     while True:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)
-        if _enough(study, trials, log):
+        if not missing_trials(study, trials, log):
             return ran
         level = optuna.logging.get_verbosity()
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # we log each trial's outcome

@@ -11,6 +11,11 @@ per-channel normalisation with the training split's statistics. The model of the
 best validation IoU is evaluated on the test split. On CUDA: bf16 autocast, channels_last and
 cuDNN autotuning. Seeds fix the initialisation, the batch order and the augmentation.
 
+The fast path (:mod:`skipdsl.fast`; config key ``fast``, else the spec's ``fast:``) adds
+``torch.compile`` of the training model and CUDA-graph inference for evaluation and the
+throughput measurement; ``result['fast']`` names the parts applied and
+``result['fast_skipped']`` the parts left out, with reasons (on CPU, ``on`` applies none).
+
 A trial whose loss becomes NaN/inf is stopped and returned with ``status='failed'`` and a
 ``reason`` (it is not an exception: a sweep records it and goes on).
 """
@@ -26,23 +31,29 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from ..heads import init_heads
 from .augment import AugmentConfig, augment_batch
 
-__all__ = ["Budget", "BUDGETS", "DEFAULTS", "Diverged", "resolve_config", "train_and_evaluate",
-           "planned_epochs"]
+__all__ = ["Budget", "BUDGETS", "DEFAULTS", "Diverged", "resolve_config", "fast_path",
+           "train_and_evaluate", "planned_epochs"]
 
 
 @dataclass(frozen=True)
 class Budget:
-    """How much training a trial gets. ``widths``/``widths_3d``: ``None`` keeps the spec's."""
+    """How much training a trial gets.
+
+    ``width_scale``/``width_scale_3d`` multiply the spec's own level widths (rounded, at least
+    1), so a reduced budget keeps each model's shape: UNet 3+ stays twice as wide as UNet and
+    WUNet keeps its widening, and a depth-4 spec keeps four levels.
+    """
 
     name: str
     epochs: int
     epochs_3d: int
     n: int | None  # images (volumes) loaded per dataset; None = all
     n_3d: int | None
-    widths: tuple[int, ...] | None
-    widths_3d: tuple[int, ...] | None
+    width_scale: float
+    width_scale_3d: float
     batch_size: int
     batch_size_3d: int
     hd95: bool = False
@@ -54,13 +65,13 @@ class Budget:
 #: epochs, small n); ``short``: a real but quick comparison; ``paper``: the papers' 100 epochs.
 BUDGETS: dict[str, Budget] = {
     "smoke": Budget("smoke", epochs=10, epochs_3d=3, n=96, n_3d=8,
-                    widths=(8, 16, 32, 64, 128), widths_3d=(4, 8, 16, 32, 64), batch_size=4,
+                    width_scale=0.25, width_scale_3d=0.125, batch_size=4,
                     batch_size_3d=2, throughput_iters=2),
     "short": Budget("short", epochs=20, epochs_3d=20, n=None, n_3d=None,
-                    widths=(16, 32, 64, 128, 256), widths_3d=(8, 16, 32, 64, 128),
+                    width_scale=0.5, width_scale_3d=0.25,
                     batch_size=16, batch_size_3d=2, hd95=True),
-    "paper": Budget("paper", epochs=100, epochs_3d=100, n=None, n_3d=None, widths=None,
-                    widths_3d=(16, 32, 64, 128, 256), batch_size=128, batch_size_3d=2,
+    "paper": Budget("paper", epochs=100, epochs_3d=100, n=None, n_3d=None, width_scale=1.0,
+                    width_scale_3d=0.5, batch_size=128, batch_size_3d=2,
                     hd95=True, throughput_iters=10),
 }
 
@@ -81,6 +92,8 @@ DEFAULTS: dict[str, Any] = {
     "loss": None,  # default: the spec's loss, else bce_dice
     "loss_kwargs": None,  # to build_loss (mode, head_resize, cgm_weight, ...)
     "cgm": None,
+    "head_init": "prior",  # prior: head weights 0, bias = log-odds of the train foreground;
+    # he: the papers' exact init (He weights, bias 0) - see skipdsl.heads.init_heads
     "augment": True,
     "data_root": None,
     "data_seed": 0,  # the dataset's generation/split seed (the same for every trial seed)
@@ -90,6 +103,7 @@ DEFAULTS: dict[str, Any] = {
     "gpu_memory_fraction": None,  # cap this process's share of GPU memory (packed trials)
     "amp": "auto",  # bf16 autocast on CUDA
     "channels_last": "auto",  # on CUDA
+    "fast": None,  # off | on | parts (skipdsl.fast); None: the spec's fast, else off
     "hd95": None,
     "threshold": 0.5,
     "prune": True,  # evaluate pruning levels when deep supervision is on and prune exists
@@ -112,7 +126,31 @@ def resolve_config(config: dict[str, Any]) -> dict[str, Any]:
         raise ValueError("config needs 'model' and 'dataset'")
     if out["budget"] not in BUDGETS:
         raise ValueError(f"unknown budget '{out['budget']}'; valid: {', '.join(BUDGETS)}")
+    if out["head_init"] not in ("prior", "he"):
+        raise ValueError(f"unknown head_init '{out['head_init']}'; valid: prior, he")
+    if out["fast"] is not None:
+        from skipdsl.fast import normalize
+
+        out["fast"] = normalize(out["fast"])
     return out
+
+
+def fast_path(cfg: dict[str, Any], spec: Any, device: Any):
+    """The trial's :class:`~skipdsl.fast.FastPath`: the config's ``fast`` (the command line)
+    over the spec's, then the ``amp`` and ``channels_last`` keys: ``auto`` adds their part on
+    CUDA (as before the fast path existed), ``True`` forces it on any device, ``False`` drops it
+    (recorded)."""
+    from skipdsl.fast import FastPath, choose
+
+    fast = FastPath.resolve(choose(cfg["fast"], getattr(spec, "fast", None)), device)
+    for part, key in (("bf16", "amp"), ("channels_last", "channels_last")):
+        value = cfg[key]
+        if value == "auto":
+            if fast.device == "cuda" and not getattr(fast, part):
+                fast = fast.with_part(part, True)
+        else:
+            fast = fast.with_part(part, bool(value), reason=f"{key}: false in the config")
+    return fast
 
 
 def load_spec(model: Any):
@@ -149,18 +187,20 @@ def _main(model: torch.nn.Module, out: Any) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, images: torch.Tensor, batch_size: int, *, amp: bool = False,
-            memory_format: torch.memory_format | None = None) -> torch.Tensor:
-    """Sigmoid probabilities of the main head for ``images`` (on the model's device), on CPU."""
+def predict(model: torch.nn.Module, images: torch.Tensor, batch_size: int, *,
+            forward: Callable | None = None) -> torch.Tensor:
+    """Sigmoid probabilities of the main head for ``images`` (on the model's device), on CPU.
+
+    ``forward``: the model's eval forward with its fast path (a
+    :class:`~skipdsl.fast.FastInference`); default: ``model`` itself.
+    """
     model.eval()
+    run = forward if forward is not None else model
     dev = next(model.parameters()).device
     out = []
     for b in range(0, images.shape[0], batch_size):
         x = images[b:b + batch_size].to(dev, non_blocking=True)
-        if memory_format is not None:
-            x = x.contiguous(memory_format=memory_format)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
-            logits = _main(model, model(x))
+        logits = _main(model, run(x))
         out.append(torch.sigmoid(logits.float()).cpu())
     return torch.cat(out) if out else torch.empty(0)
 
@@ -206,7 +246,7 @@ def _empty_result(cfg: dict[str, Any]) -> dict[str, Any]:
         "fp_empty": nan, "n_cases": 0, "params": 0, "gflops": nan, "images_per_s": nan,
         "train_seconds": 0.0, "epochs": 0, "best_epoch": -1, "spec_hash": None,
         "device": None, "curve": [], "splits": {}, "cases": None, "samples": None,
-        "pruning": [], "config": dict(cfg),
+        "pruning": [], "fast": None, "fast_skipped": "", "config": dict(cfg),
     }
 
 
@@ -227,7 +267,9 @@ def train_and_evaluate(config: dict[str, Any],
     the spec as given), ``device``; ``curve`` (one dict per epoch: epoch, train_loss, val_iou,
     val_dice, lr, seconds), ``splits`` (case ids of train/val/test), ``cases`` (per-case test
     metrics, a DataFrame), ``samples`` (a few test images, ground truths and probabilities for
-    overlays), ``pruning`` (per level: level, params, images_per_s, iou, dice), ``config``.
+    overlays), ``pruning`` (per level: level, params, images_per_s, iou, dice), ``fast`` (the
+    fast-path parts applied, e.g. ``'bf16,channels_last,compile,cuda_graphs'`` or ``'off'``),
+    ``fast_skipped`` (``'part: reason; ...'`` for those asked for but not applied), ``config``.
     """
     cfg = resolve_config(config)
     threads = torch.get_num_threads()
@@ -251,8 +293,6 @@ def _train_and_evaluate(cfg: dict[str, Any],
     gen = _seed_everything(int(cfg["seed"]))
     device = _device(cfg["device"])
     cuda = device.type == "cuda"
-    amp = cuda if cfg["amp"] == "auto" else bool(cfg["amp"])
-    use_cl = cuda if cfg["channels_last"] == "auto" else bool(cfg["channels_last"])
     if cuda:
         torch.backends.cudnn.benchmark = True
         frac = cfg["gpu_memory_fraction"]
@@ -264,6 +304,8 @@ def _train_and_evaluate(cfg: dict[str, Any],
     # -- data ------------------------------------------------------------------------------
     spec = load_spec(cfg["model"])
     result["model"] = spec.name
+    fast = fast_path(cfg, spec, device)
+    result.update(fast=fast.summary(), fast_skipped=fast.reasons())
     result["spec_hash"] = skipdsl.spec_hash(spec)
     n = cfg["n"]
     ds = load_dataset(cfg["dataset"], root=cfg["data_root"], seed=int(cfg["data_seed"]),
@@ -293,17 +335,27 @@ def _train_and_evaluate(cfg: dict[str, Any],
     # -- model -----------------------------------------------------------------------------
     widths = cfg["widths"]
     if widths is None:
-        widths = budget.widths_3d if is3d else budget.widths
+        scale = budget.width_scale_3d if is3d else budget.width_scale
+        widths = [max(1, int(round(w * scale))) for w in spec.widths]
     widths = list(widths) if isinstance(widths, (list, tuple)) else widths
     has_ds_heads = len(spec.heads) > 1
     use_ds = bool(cfg["deep_supervision"]) and has_ds_heads
     build = dict(in_channels=int(ds.in_channels), num_classes=int(ds.num_classes), dims=dims,
                  widths=widths, cgm=cfg["cgm"])
     model = skipdsl.compile(spec, deep_supervision=use_ds, **build).to(device)
-    memory_format = None
-    if use_cl:
-        memory_format = torch.channels_last_3d if is3d else torch.channels_last
+    result["head_init"] = cfg["head_init"]
+    if cfg["head_init"] == "prior":
+        train_masks = masks[torch.from_numpy(splits["train"])].float()
+        if train_masks.dim() == images.dim() and train_masks.shape[1] == int(ds.num_classes):
+            prior = train_masks.mean(dim=red)  # one foreground fraction per class
+        else:
+            prior = train_masks.mean()
+        init_heads(model, prior)
+    memory_format = fast.memory_format(dims)
+    if memory_format is not None:
         model = model.to(memory_format=memory_format)
+    forward = fast.compile_model(model)  # the training forward (compiled with fast: compile)
+    evaluate = fast.inference(model, fn=forward)  # eval forward (CUDA graphs: replayed)
     loss_name = cfg["loss"] or spec.loss or "bce_dice"
     result["loss"] = loss_name
     loss_fn = build_loss(loss_name, **(cfg["loss_kwargs"] or {}))
@@ -344,8 +396,8 @@ def _train_and_evaluate(cfg: dict[str, Any],
                 x, y = augment_batch(x, y, config=aug, generator=gen)
                 if memory_format is not None:
                     x = x.contiguous(memory_format=memory_format)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                    out = model(x)
+                with fast.autocast():
+                    out = forward(x)
                 loss = loss_fn(out, y.float())
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -357,7 +409,7 @@ def _train_and_evaluate(cfg: dict[str, Any],
                 first = int(bad.nonzero()[0])
                 raise Diverged(f"diverged: loss is {losses[first].item()} at epoch {epoch} "
                                f"step {first} (lr {opt.param_groups[0]['lr']:.3g})")
-            probs = predict(model, val_x, eval_bs, amp=amp, memory_format=memory_format)
+            probs = predict(model, val_x, eval_bs, forward=evaluate)
             vm = aggregate(case_metrics(probs, val_y, threshold=cfg["threshold"]))
             val_iou = vm["iou"] if not math.isnan(vm["iou"]) else 0.0
             curve.append({"epoch": epoch, "train_loss": float(losses.mean()),
@@ -380,7 +432,7 @@ def _train_and_evaluate(cfg: dict[str, Any],
     test_idx = torch.from_numpy(splits["test"])
     test_x, test_y = images[test_idx], masks[test_idx]
     hd95 = budget.hd95 if cfg["hd95"] is None else bool(cfg["hd95"])
-    probs = predict(model, test_x, eval_bs, amp=amp, memory_format=memory_format)
+    probs = predict(model, test_x, eval_bs, forward=evaluate)
     cases = case_metrics(probs, test_y, threshold=cfg["threshold"], hd95=hd95)
     test_ids = [case_ids[i] for i in splits["test"]]
     cases.insert(1, "case_id", [test_ids[c] for c in cases["case"]])
@@ -390,6 +442,8 @@ def _train_and_evaluate(cfg: dict[str, Any],
     infer = model
     if use_ds:
         infer = skipdsl.compile(spec, deep_supervision=False, **build).to(device)
+        if memory_format is not None:
+            infer = infer.to(memory_format=memory_format)
         missing, _ = infer.load_state_dict(model.state_dict(), strict=False)
         if missing:
             infer = model
@@ -398,14 +452,15 @@ def _train_and_evaluate(cfg: dict[str, Any],
     pruning = []
     if use_ds and cfg["prune"] and hasattr(skipdsl, "prune"):
         pruning = _pruning_levels(model, test_x, test_y, shape, eval_bs, device, iters, cfg,
-                                  amp, memory_format)
+                                  fast)
 
     result.update(
         iou=agg["iou"], dice=agg["dice"], iou_std=agg["iou_std"], dice_std=agg["dice_std"],
         hd95=agg["hd95"], fp_empty=agg["fp_empty"], n_cases=agg["n_cases"],
         params=int(count_params(infer)),
         gflops=float(gflops(infer, shape)),
-        images_per_s=_throughput(infer, shape, eval_bs, iters, device, is3d),
+        images_per_s=_throughput(fast.inference(infer, fn=forward if infer is model else None),
+                                 shape, eval_bs, iters, device, is3d),
         train_seconds=train_seconds, epochs=len(curve), best_epoch=int(best[1]),
         curve=curve, cases=cases, pruning=pruning, widths=list(infer.spec.widths),
         dims=dims, in_channels=int(ds.in_channels), num_classes=int(ds.num_classes),
@@ -416,7 +471,8 @@ def _train_and_evaluate(cfg: dict[str, Any],
 
 
 def _throughput(model, shape, eval_bs, iters, device, is3d) -> float:
-    """Inference images/s at a small batch (one volume in 3D), one warm-up pass."""
+    """Inference images/s at a small batch (one volume in 3D), one warm-up pass (with CUDA
+    graphs, the capture). ``model``: a FastInference of its own, so its graph has this batch."""
     from skipdsl.train.metrics import inference_throughput
 
     batch = 1 if is3d else max(1, min(eval_bs // 2, 8))
@@ -448,9 +504,10 @@ def _is_3d(dataset: str, root: Any) -> bool:
     return dataset.lower().endswith("3d")
 
 
-def _pruning_levels(model, test_x, test_y, shape, eval_bs, device, iters, cfg, amp,
-                    memory_format) -> list[dict[str, Any]]:
-    """Params, images/s and test IoU of each pruned sub-network x_0_1 .. x_0_(depth-1)."""
+def _pruning_levels(model, test_x, test_y, shape, eval_bs, device, iters, cfg,
+                    fast) -> list[dict[str, Any]]:
+    """Params, images/s and test IoU of each pruned sub-network x_0_1 .. x_0_(depth-1), with
+    the same fast path as the full network."""
     import skipdsl
     from skipdsl.train.metrics import aggregate, case_metrics, count_params
 
@@ -462,10 +519,11 @@ def _pruning_levels(model, test_x, test_y, shape, eval_bs, device, iters, cfg, a
             sub = skipdsl.prune(model, level=level)
         except Exception:  # a spec that cannot be pruned at this level
             continue
-        probs = predict(sub, test_x, eval_bs, amp=amp, memory_format=memory_format)
+        forward = fast.compile_model(sub)
+        probs = predict(sub, test_x, eval_bs, forward=fast.inference(sub, fn=forward))
         agg = aggregate(case_metrics(probs, test_y, threshold=cfg["threshold"]))
         out.append({"level": level, "params": int(count_params(sub)),
-                    "images_per_s": _throughput(sub, shape, eval_bs, iters, device,
-                                                len(shape) == 4),
+                    "images_per_s": _throughput(fast.inference(sub, fn=forward), shape,
+                                                eval_bs, iters, device, len(shape) == 4),
                     "iou": agg["iou"], "dice": agg["dice"]})
     return out

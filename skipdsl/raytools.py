@@ -1,0 +1,61 @@
+"""Where trials run, shared by the benchmark sweep (``bench``) and the search (``search``): the
+CPU cores this process may use, and a Ray for one run (a local one, or a running cluster).
+
+Ray is imported inside :func:`ray_session` only (``import skipdsl`` stays light).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+__all__ = ["cpu_count", "ray_session"]
+
+
+def cpu_count() -> int:
+    """CPU cores this process may use (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+@contextmanager
+def ray_session(*, address: str | None = None, num_cpus: int | None = None,
+                gpus: bool = False, verbose: bool = False,
+                env: dict[str, str] | None = None) -> Iterator[Any]:
+    """Ray for one run; yields the ``ray`` module.
+
+    A Ray already initialised in this process is used as it is (and left running). Otherwise
+    ``address`` joins a running cluster (``ray start --head`` / ``ray start --address``), or a
+    local Ray starts with ``num_cpus`` CPUs (default: :func:`cpu_count`) and, with ``gpus``,
+    every visible CUDA device; it is shut down on leaving. Workers get this checkout on their
+    ``PYTHONPATH`` (same machine or a shared file system; an installed skipdsl works anywhere)
+    and the variables of ``env``. ``verbose`` forwards the workers' logs to this process.
+    """
+    import ray
+
+    started = False
+    if not ray.is_initialized():
+        pkg_root = str(Path(__file__).resolve().parents[1])
+        env_vars = {"PYTHONPATH": os.pathsep.join(p for p in (pkg_root,
+                                                               os.environ.get("PYTHONPATH"))
+                                                  if p), **(env or {})}
+        kw: dict[str, Any] = dict(runtime_env={"env_vars": env_vars}, log_to_driver=verbose,
+                                  logging_level=logging.INFO if verbose else logging.WARNING)
+        if address:
+            ray.init(address=address, **kw)
+        else:
+            import torch
+
+            ray.init(address="local", num_cpus=num_cpus or cpu_count(),
+                     num_gpus=torch.cuda.device_count() if gpus else 0,
+                     include_dashboard=False, **kw)
+        started = True
+    try:
+        yield ray
+    finally:
+        if started:
+            ray.shutdown()
