@@ -27,16 +27,20 @@ PRIOR_RANGE = (1e-3, 1.0 - 1e-3)
 
 
 def init_heads(model: nn.Module, prior: "torch.Tensor | float") -> torch.Tensor:
-    """Prior initialisation of every segmentation head of a compiled model: weights 0, bias the
-    log-odds of the foreground fraction ``prior`` (one value, or one per class).
+    """Prior initialisation of every segmentation head of a compiled model: each class's
+    weights are made zero-mean over the features they read (their He draw minus its mean), and
+    the bias is the log-odds of the foreground fraction ``prior`` (one value, or one per class).
 
-    Why: a head reads ReLU features (all >= 0). With random weights of one sign (at 8 channels
-    1 in 256 draws are all negative) or a bias of 0 under 9:1 background, the first Adam steps
-    push every weight negative and the head settles on an inverted code whose threshold the
-    bias reaches only slowly: UNet++ with deep supervision at widths 8..128 (seed 0) kept
-    x_0_4 empty for a whole smoke run. With weights 0 and the prior as bias (Lin et al. 2017)
-    the first gradient of each weight is the feature's foreground/background contrast, so the
-    sign is learnt from the data. Returns the biases written. CGM modules are left alone.
+    Why: a head reads ReLU features (all >= 0). He-initialised with a bias of 0, its first Adam
+    steps under 9:1 background push every weight down, and a head whose draw is mostly or all
+    negative (at 8 channels 1 in 256 draws are all negative) settles on an inverted code whose
+    threshold the bias reaches only slowly: UNet++ with deep supervision at widths 8..128
+    (seed 0) kept x_0_4 empty (IoU 0) for a whole smoke run. Zero-mean weights answer to the
+    contrast between features, not to their common positive offset, and the prior bias (Lin et
+    al. 2017) removes the imbalance from the first gradients; the He magnitudes are kept, so the
+    body gets a full-strength signal from the first step (zero weights trained UNet slower).
+    Measured (smoke, nuclei2d, test IoU): UNet++ with DS seed 0: 0.00 -> 0.83; UNet seeds 0/1:
+    0.78/0.77 -> 0.83/0.82. Returns the biases written. CGM modules are left alone.
     """
     heads = getattr(model, "heads", None)
     if heads is None:
@@ -50,7 +54,9 @@ def init_heads(model: nn.Module, prior: "torch.Tensor | float") -> torch.Tensor:
         if bias.numel() not in (1, out):
             raise ValueError(f"head {name}: {bias.numel()} prior values for {out} classes")
         with torch.no_grad():
-            conv.weight.zero_()
+            w = conv.weight.flatten(1)
+            w.sub_(w.mean(dim=1, keepdim=True))  # zero-mean over the features it reads
+            conv.weight.copy_(w.view_as(conv.weight))
             conv.bias.copy_(bias.expand(out).to(conv.bias))
     return bias
 

@@ -247,3 +247,13 @@ def test_import_skipdsl_does_not_import_ray():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        cwd=Path(__file__).parents[1])
     assert r.stdout.strip() == "False", r.stderr
+
+
+def test_head_init_is_part_of_the_trial_key():
+    def key(**ov):
+        return runner.plan(["unet"], ["nuclei2d"], overrides=ov)[0].key
+
+    assert key() == key(head_init="prior")  # the default is written into every key
+    assert key(head_init="he") != key()
+    assert runner.plan(["unet"], ["nuclei2d"], overrides={"head_init": "he"})[0] \
+        .config["head_init"] == "he"

@@ -64,8 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--cgm", action=argparse.BooleanOptionalAction, default=None,
                    help="classification-guided module on the heads that name one")
     r.add_argument("--head-init", choices=("prior", "he"), default=None,
-                   help="prior (default): head weights 0, bias = log-odds of the training "
-                   "foreground; he: the papers' exact init")
+                   help="prior (default): zero-mean head weights, bias = log-odds of the "
+                   "training foreground; he: the papers' exact init")
     r.add_argument("--device", default=None, help="auto (default), cpu or cuda")
     r.add_argument("--fast", nargs="?", const="on", default=None, metavar="PARTS",
                    help="fast path, over the specs' fast: (bare --fast = on: bf16, "
@@ -113,7 +113,8 @@ def _cmd_run(a: argparse.Namespace) -> int:
     overrides = {"epochs": a.epochs, "n": a.n, "widths": _widths(a.widths),
                  "batch_size": a.batch_size, "lr": a.lr, "loss": a.loss, "hd95": a.hd95,
                  "data_root": a.data_root, "cache_dir": a.cache_dir, "device": a.device,
-                 "cgm": a.cgm, "head_init": a.head_init, "fast": None if a.fast is None else normalize(a.fast)}
+                 "cgm": a.cgm, "head_init": a.head_init,
+                 "fast": None if a.fast is None else normalize(a.fast)}
     trials = runner.plan(models, datasets, seeds=seeds, deep_supervision=a.ds, budget=a.budget,
                          overrides=overrides)
     from rich.console import Console

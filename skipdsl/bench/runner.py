@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from ..train.trainer import DEFAULTS
 from . import store
 
 __all__ = ["Trial", "SweepSummary", "plan", "run_sweep", "run_trial", "DS_MODES"]
@@ -32,7 +33,7 @@ DS_MODES = ("off", "on", "both")
 #: Trainer config keys that change a result (part of the trial key); the rest (device,
 #: threads, cache_dir, data_root...) only say where and how fast it runs.
 RESULT_KEYS = ("epochs", "n", "widths", "batch_size", "lr", "weight_decay", "eta_min", "loss",
-               "loss_kwargs", "cgm", "augment", "data_seed", "hd95", "threshold")
+               "loss_kwargs", "cgm", "augment", "data_seed", "hd95", "threshold", "head_init")
 
 
 @dataclass
@@ -103,6 +104,9 @@ def plan(
         if overrides.get(k):
             overrides[k] = str(Path(overrides[k]).expanduser().resolve())
     extra = {k: overrides.get(k) for k in RESULT_KEYS}
+    # the default head init is part of every key: trials stored before it existed (He heads)
+    # are not taken for prior-initialised ones
+    extra["head_init"] = extra["head_init"] or DEFAULTS["head_init"]
     modes = {"off": [False], "on": [True], "both": [False, True]}[deep_supervision]
     trials: dict[str, Trial] = {}
     for m in models:

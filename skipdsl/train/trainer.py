@@ -92,8 +92,9 @@ DEFAULTS: dict[str, Any] = {
     "loss": None,  # default: the spec's loss, else bce_dice
     "loss_kwargs": None,  # to build_loss (mode, head_resize, cgm_weight, ...)
     "cgm": None,
-    "head_init": "prior",  # prior: head weights 0, bias = log-odds of the train foreground;
-    # he: the papers' exact init (He weights, bias 0) - see skipdsl.heads.init_heads
+    # prior: zero-mean head weights, bias = log-odds of the training foreground; he: the
+    # papers' exact init (He weights, bias 0) - see skipdsl.heads.init_heads
+    "head_init": "prior",
     "augment": True,
     "data_root": None,
     "data_seed": 0,  # the dataset's generation/split seed (the same for every trial seed)
