@@ -434,3 +434,22 @@ def load(name_or_path: "str | Path | Spec") -> Spec:
         return name_or_path
     text, source = resolve(name_or_path)
     return loads(text, source=source)
+
+
+def scale_spec(spec: Spec, scale: float) -> Spec:
+    """``spec`` with every level width and projection scaled by ``scale`` (at least 1 channel).
+
+    A reduced budget trains at scaled widths (the trainer, the search); the scaled spec is the
+    network that is measured, hashed and written out.
+    """
+    if scale == 1.0:
+        return spec
+    data = spec.to_dict()
+    data["grid"]["widths"] = [max(1, int(round(w * scale))) for w in spec.widths]
+    for e in data.get("edges", []):
+        if isinstance(e, dict) and e.get("project"):
+            e["project"]["channels"] = max(1, int(round(e["project"]["channels"] * scale)))
+    for cfg in [data.get("encoder"), data.get("decoder"), *data.get("node_overrides", {}).values()]:
+        if isinstance(cfg, dict) and isinstance(cfg.get("width"), int):
+            cfg["width"] = max(1, int(round(cfg["width"] * scale)))
+    return from_dict(data, source=spec.source)

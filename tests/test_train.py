@@ -109,6 +109,12 @@ def test_budget_scales_each_spec_keeps_depth_and_relative_width(cache_dir):
     assert r4["status"] == "ok" and r4["widths"] == [8, 16, 32, 64]
     r3p = train_and_evaluate(tiny(cache_dir, model="unet3p", widths=None, n=8, epochs=1))
     assert r3p["widths"] == [16, 32, 64, 128, 256]
+    # its 64-channel projections are scaled with it: the smoke UNet 3+ is the zoo's at x0.25
+    import skipdsl
+    from skipdsl.spec import scale_spec
+
+    small = skipdsl.compile(scale_spec(skipdsl.load("unet3p"), 0.25))
+    assert r3p["params"] == sum(p.numel() for p in small.parameters())
 
 
 def test_train_and_evaluate_tiny(cache_dir):

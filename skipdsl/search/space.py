@@ -30,7 +30,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..errors import SpecError, did_you_mean
-from ..spec import RULES, Spec, from_dict, node_id, parse_node
+from ..spec import RULES, Spec, from_dict, node_id, parse_node, scale_spec  # noqa: F401
 
 DEFAULT_SPACE = "default"
 DS_HEADS = ("pruning", "hierarchical", "all")
@@ -506,27 +506,7 @@ def _cgm_variant(spec: Spec, active: list) -> str:
     return "+".join(sorted(str(k) for k in kinds))
 
 
-# ---------------------------------------------------------------------------------------
-# scaling (the widths a budget trains at)
-
-
-def scale_spec(spec: Spec, scale: float) -> Spec:
-    """``spec`` with every level width and projection scaled by ``scale`` (at least 1 channel).
-
-    The search trains at reduced widths under the smoke/short budgets; the scaled spec is the
-    network that is measured, hashed and written out.
-    """
-    if scale == 1.0:
-        return spec
-    data = spec.to_dict()
-    data["grid"]["widths"] = [max(1, int(round(w * scale))) for w in spec.widths]
-    for e in data.get("edges", []):
-        if isinstance(e, dict) and e.get("project"):
-            e["project"]["channels"] = max(1, int(round(e["project"]["channels"] * scale)))
-    for cfg in [data.get("encoder"), data.get("decoder"), *data.get("node_overrides", {}).values()]:
-        if isinstance(cfg, dict) and isinstance(cfg.get("width"), int):
-            cfg["width"] = max(1, int(round(cfg["width"] * scale)))
-    return from_dict(data, source=spec.source)
+# scaling (the widths a budget trains at): skipdsl.spec.scale_spec, shared with the trainer
 
 
 def active_spec(spec: Spec) -> Spec:

@@ -42,9 +42,10 @@ __all__ = ["Budget", "BUDGETS", "DEFAULTS", "Diverged", "resolve_config", "fast_
 class Budget:
     """How much training a trial gets.
 
-    ``width_scale``/``width_scale_3d`` multiply the spec's own level widths (rounded, at least
-    1), so a reduced budget keeps each model's shape: UNet 3+ stays twice as wide as UNet and
-    WUNet keeps its widening, and a depth-4 spec keeps four levels.
+    ``width_scale``/``width_scale_3d`` multiply the spec's own level widths and projection
+    channels (:func:`skipdsl.spec.scale_spec`), so a reduced budget keeps each model's shape:
+    UNet 3+ stays twice as wide as UNet and WUNet keeps its widening, and a depth-4 spec keeps
+    four levels.
     """
 
     name: str
@@ -286,6 +287,7 @@ def _train_and_evaluate(cfg: dict[str, Any],
                         report: Callable[[int, float], Any] | None) -> dict[str, Any]:
     import skipdsl
     from skipdsl.data import load_dataset
+    from skipdsl.spec import scale_spec
     from skipdsl.losses import build_loss
     from skipdsl.train.metrics import aggregate, case_metrics, count_params, gflops
 
@@ -335,9 +337,8 @@ def _train_and_evaluate(cfg: dict[str, Any],
 
     # -- model -----------------------------------------------------------------------------
     widths = cfg["widths"]
-    if widths is None:
-        scale = budget.width_scale_3d if is3d else budget.width_scale
-        widths = [max(1, int(round(w * scale))) for w in spec.widths]
+    if widths is None:  # the budget scales the spec's widths and projections (its shape)
+        spec = scale_spec(spec, budget.width_scale_3d if is3d else budget.width_scale)
     widths = list(widths) if isinstance(widths, (list, tuple)) else widths
     has_ds_heads = len(spec.heads) > 1
     use_ds = bool(cfg["deep_supervision"]) and has_ds_heads
