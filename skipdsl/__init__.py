@@ -16,12 +16,24 @@ def graph(spec):
     return build_graph(spec)
 
 
+def load_checkpoint(path, *, spec=None):
+    """A trained checkpoint (trial folder, its model.pt or a .pt) rebuilt and checked against
+    its spec: see :func:`skipdsl.checkpoint.load_checkpoint` (imported on first use)."""
+    from .checkpoint import load_checkpoint as _load
+
+    return _load(path, spec=spec)
+
+
 def spec_hash(spec) -> str:
-    """Canonical hash of a spec's network: same topology and settings, same hash."""
+    """Canonical hash of a spec's network: same topology and settings, same hash. A library
+    baseline (:mod:`skipdsl.baselines`) hashes its name, class and fixed settings."""
+    if getattr(spec, "is_baseline", False):
+        return spec.hash()
     s = load(spec)
     heads = [f"{h.node}:{h.kernel}:{h.match}" for h in s.heads]
     return canonical_hash(build_graph(s), heads)
 
 
 __all__ = ["compile", "prune", "main_logits", "load", "loads", "graph", "spec_hash",
-           "list_models", "Spec", "SpecError", "DataError", "build_graph", "canonical_hash"]
+           "list_models", "Spec", "SpecError", "DataError", "build_graph", "canonical_hash",
+           "load_checkpoint"]

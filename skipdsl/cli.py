@@ -1,4 +1,4 @@
-"""The ``skipdsl`` command: compile, validate, list, draw, search.
+"""The ``skipdsl`` command: compile, validate, list, draw, predict, export, search.
 
 Spec and data errors print a located message (no traceback) and exit with status 2.
 """
@@ -26,12 +26,13 @@ def _widths(text: str | None):
     return parts[0] if len(parts) == 1 else parts
 
 
-def _add_overrides(p: argparse.ArgumentParser) -> None:
+def _add_overrides(p: argparse.ArgumentParser, deep_supervision: bool = True) -> None:
     p.add_argument("--dims", type=int, choices=(2, 3), help="2D or 3D (default: the spec's)")
     p.add_argument("--in-channels", type=int)
     p.add_argument("--num-classes", type=int)
     p.add_argument("--widths", help="per-level widths '32,64,128,256,512' or a base '16'")
-    p.add_argument("--deep-supervision", action=argparse.BooleanOptionalAction, default=None)
+    if deep_supervision:
+        p.add_argument("--deep-supervision", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--cgm", action=argparse.BooleanOptionalAction, default=None,
                    help="classification-guided module on the heads that name one")
 
@@ -133,6 +134,84 @@ def cmd_draw(args) -> int:
     return 0
 
 
+def _is_checkpoint(ref: str) -> bool:
+    p = Path(ref)
+    return p.suffix in (".pt", ".pth") or (p.is_dir() and (p / "model.pt").exists())
+
+
+def cmd_predict(args) -> int:
+    from .predict import predict_files
+
+    written = predict_files(args.checkpoint, args.inputs, args.output, prune=args.prune,
+                            cgm=args.cgm, threshold=args.threshold, argmax=args.argmax,
+                            intensity=args.intensity, window=args.window, overlap=args.overlap,
+                            device=args.device, progress=not args.no_progress, console=err)
+    where = written[0].parent if len(written) > 1 else written[0]
+    out.print(f"wrote {len(written)} mask(s) to {where}", highlight=False)
+    return 0
+
+
+def _export_source(args):
+    """(inference network, metadata, source, default size) of a spec or a checkpoint."""
+    from .checkpoint import build_network, load_checkpoint
+    from .export import metadata
+
+    if _is_checkpoint(args.source):
+        given = [f"--{k.replace('_', '-')}" for k in ("dims", "in_channels", "num_classes",
+                                                       "widths") if getattr(args, k) is not None]
+        if given:
+            raise SpecError(f"{', '.join(given)} change a spec; the checkpoint {args.source} "
+                            "fixes its network", hint="leave them out, or export the spec")
+        ck = load_checkpoint(args.source)
+        net = ck.network(prune=args.prune, cgm=args.cgm)
+        meta = metadata(net, prune=args.prune, threshold=ck.threshold,
+                        input_normalisation=ck.input_normalisation, source=str(ck.path))
+        return net, meta, str(ck.path), ck.image_size
+    from .spec import load
+
+    spec = load(args.source).replace(dims=args.dims, in_channels=args.in_channels,
+                                     num_classes=args.num_classes, widths=_widths(args.widths))
+    net = build_network(spec, prune=args.prune, cgm=args.cgm)
+    return net, metadata(net, prune=args.prune, source=spec.source), spec.source, ()
+
+
+def cmd_export(args) -> int:
+    from .export import FORMATS, check, export_network
+
+    net, meta, source, trained = _export_source(args)
+    m = 2 ** (net.spec.depth - 1)
+    side = args.size or (max(trained) if trained else (96 if net.spec.dims == 2 else 64))
+    size = [-(-int(side) // m) * m] * net.spec.dims
+    path = Path(args.output or f"{net.spec.name}" + (f"-L{args.prune}" if args.prune else "")
+                + FORMATS[args.format])
+    export_network(net, args.format, path, size=size, meta=meta, source=source)
+    res = check(net, args.format, path, size=size, level=args.prune, iters=args.iters,
+                threads=args.threads)
+    if args.json:
+        print(json.dumps(res.as_dict(), indent=2))
+    else:
+        t = Table(title=f"{net.spec.name} -> {path} ({args.format}"
+                  + (f", pruned to x_0_{args.prune}" if args.prune else "") + ")",
+                  title_justify="left")
+        for col in ("level", "params", "file MB", "max |diff| vs eager", "eager ms",
+                    "exported ms", "speed-up", "eager wall ms", "exported wall ms"):
+            t.add_column(col, justify="right")
+        t.add_row(str(args.prune or "full"), f"{res.params:,}", f"{res.size_bytes / 1e6:.2f}",
+                  f"{res.max_diff:.2e}", f"{res.eager_ms:.1f}", f"{res.exported_ms:.1f}",
+                  f"{res.eager_ms / max(res.exported_ms, 1e-9):.2f}x",
+                  f"{res.eager_wall_ms:.1f}", f"{res.exported_wall_ms:.1f}")
+        out.print(t)
+        out.print(f"latency: median of {args.iters} forwards of one {'x'.join(map(str, size))} "
+                  f"image on the CPU, {args.threads} thread(s); ms = CPU time of the calling "
+                  "thread, wall = elapsed; outputs compared on shapes "
+                  + ", ".join("x".join(map(str, s)) for s in res.shapes), highlight=False)
+    if res.max_diff > args.tolerance:
+        err.print(f"[red]error[/red] the exported outputs differ from eager by "
+                  f"{res.max_diff:.3g} > --tolerance {args.tolerance:g}", highlight=False)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="skipdsl", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -159,6 +238,49 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--dims", type=int, choices=(2, 3))
     d.add_argument("--widths")
     d.set_defaults(func=cmd_draw)
+
+    pr = sub.add_parser("predict", help="apply a checkpoint to images and write their masks")
+    pr.add_argument("checkpoint", help="a trial folder (OUT/trials/<key>), its model.pt, or a "
+                    "search's pareto/<name>.pt")
+    pr.add_argument("inputs", nargs="+", help="PNG/TIFF, .npy or NIfTI files, or folders of them")
+    pr.add_argument("-o", "--output", required=True,
+                    help="output folder (masks keep the inputs' names and formats), or a file "
+                    "for one input")
+    pr.add_argument("--prune", type=int, metavar="L", help="the sub-network of head x_0_L")
+    pr.add_argument("--cgm", action=argparse.BooleanOptionalAction, default=None,
+                    help="CGM gating on/off (default: as trained)")
+    pr.add_argument("--threshold", type=float, default=None,
+                    help="probability threshold (default: the trial's)")
+    pr.add_argument("--argmax", action="store_true",
+                    help="multi-class: one label map (1 + the most probable class above the "
+                    "threshold, 0 elsewhere) instead of one mask per class")
+    pr.add_argument("--intensity", default="auto",
+                    help="the dataset's intensity step before the network: auto (default: the "
+                    "one the checkpoint records), zscore, zscore-nonzero, none, window:LO,HI")
+    pr.add_argument("--window", type=int, default=None,
+                    help="sliding-window side for larger images (default: the training size)")
+    pr.add_argument("--overlap", type=float, default=0.25, help="sliding-window overlap (0.25)")
+    pr.add_argument("--device", default="cpu", help="cpu (default), cuda, auto")
+    pr.add_argument("--no-progress", action="store_true")
+    pr.set_defaults(func=cmd_predict)
+
+    ex = sub.add_parser("export", help="export a spec or checkpoint to ONNX, TorchScript or "
+                        "torch.export, and check it against eager")
+    ex.add_argument("source", metavar="SPEC|CHECKPOINT",
+                    help="zoo name or YAML spec (random weights), or a checkpoint (trial folder "
+                    "or .pt)")
+    ex.add_argument("--format", required=True, choices=("onnx", "torchscript", "exported"))
+    ex.add_argument("--prune", type=int, metavar="L", help="export the sub-network of head x_0_L")
+    ex.add_argument("-o", "--output", help="output file (default NAME[-LL].onnx|.pt|.pt2)")
+    ex.add_argument("--size", type=int, help="image side for tracing, the check and the latency "
+                    "(default: the training size; 96 for a 2D spec, 64 for 3D)")
+    ex.add_argument("--iters", type=int, default=10, help="timed forwards per latency (10)")
+    ex.add_argument("--threads", type=int, default=1, help="CPU threads for the latency (1)")
+    ex.add_argument("--tolerance", type=float, default=1e-4,
+                    help="largest allowed |exported - eager| (1e-4); above it: exit 1")
+    ex.add_argument("--json", action="store_true", help="print the check as JSON")
+    _add_overrides(ex, deep_supervision=False)
+    ex.set_defaults(func=cmd_export)
 
     s = sub.add_parser("search", help="search skip topologies (skipdsl search run|report ...)",
                        add_help=False)

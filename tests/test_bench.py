@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -171,8 +170,10 @@ def test_report_has_table1_and_plots(swept):
     row = next(line for line in md.splitlines() if line.startswith("| unetpp |"))
     assert "±" in row
     plots = out / "plots"
+    assert "## Statistics: which differences are significant" in md and "### nuclei2d" in md
+    assert "| 1 | 1 |" in md  # the ranking table: rank 1, group 1
     for name in ("iou_box_nuclei2d.png", "curves_nuclei2d.png", "overlay_unet.png",
-                 "overlay_unetpp.png"):
+                 "overlay_unetpp.png", "significance_nuclei2d.png"):
         assert (plots / name).stat().st_size > 1000, name
         assert f"plots/{name}" in md
 
@@ -225,18 +226,34 @@ def test_cli_datasets_show(tmp_path, cache_dir, monkeypatch):
 
 
 def test_cli_speed_forwards_arguments(monkeypatch):
+    from skipdsl.bench import speed
+
     seen = {}
-    fake = types.SimpleNamespace(main=lambda argv: seen.setdefault("argv", argv) and 0)
-    monkeypatch.setattr(cli, "_load_speed", lambda: fake)
+    monkeypatch.setattr(speed, "main", lambda argv, prog: seen.update(argv=argv, prog=prog))
     assert cli.main(["speed", "--models", "unet", "--help"]) == 0
-    assert seen["argv"] == ["--models", "unet", "--help"]
-    monkeypatch.setattr(cli, "_load_speed", lambda: None)
-    assert cli.main(["speed"]) == 2
+    assert seen == {"argv": ["--models", "unet", "--help"], "prog": "bench speed"}
 
 
-def test_cli_finds_benchmarks_speed():
-    assert (Path(__file__).parents[1] / "benchmarks" / "speed.py").is_file()
-    assert callable(cli._load_speed().main)
+def test_cli_speed_runs_from_the_package(tmp_path):
+    """``bench speed`` with tiny settings needs nothing outside the package: ``benchmarks``
+    is made unimportable and the command runs in another folder."""
+    import subprocess
+
+    code = ("import sys; sys.modules['benchmarks'] = None; "
+            "from skipdsl.bench.cli import main; sys.exit(main(sys.argv[1:]))")
+    proc = subprocess.run(
+        [sys.executable, "-c", code, "speed", "--models", "unet", "--device", "cpu", "--size",
+         "16", "--batch", "2", "--widths", "4,8,16,32,64", "--iters", "1", "--reps", "1",
+         "--warmup", "1", "--threads", "1", "--out", "speed.md", "--json", "speed.json"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    md = (tmp_path / "speed.md").read_text()
+    assert "Command: `bench speed --models unet --device cpu" in md
+    data = json.loads((tmp_path / "speed.json").read_text())
+    assert [r["model"] for r in data["rows"]] == ["unet"] and data["pending"] == []
+    row = data["rows"][0]
+    assert row["max_rel_diff"] < 1e-5 and row["train"]["compiled"] > 0
+    assert row["train_mb"]["compiled"] is not None  # peak memory measured too
 
 
 def test_import_skipdsl_does_not_import_ray():
@@ -257,3 +274,25 @@ def test_head_init_is_part_of_the_trial_key():
     assert key(head_init="he") != key()
     assert runner.plan(["unet"], ["nuclei2d"], overrides={"head_init": "he"})[0] \
         .config["head_init"] == "he"
+
+
+def test_budget_definition_is_part_of_the_trial_key(monkeypatch):
+    import dataclasses
+
+    from skipdsl.train import trainer
+
+    key = runner.plan(["unet"], ["nuclei2d"], budget="cpu")[0].key
+    changed = dataclasses.replace(trainer.BUDGETS["cpu"], epochs=99)
+    monkeypatch.setitem(trainer.BUDGETS, "cpu", changed)
+    assert runner.plan(["unet"], ["nuclei2d"], budget="cpu")[0].key != key
+
+
+def test_longest_first_groups_by_dataset_heaviest_first():
+    trials = runner.plan(["unet", "unet3p", "unetpp"], ["liver2d", "nuclei2d"],
+                         deep_supervision="both", budget="cpu")
+    order = runner.longest_first(trials)
+    assert sorted(t.key for t in order) == sorted(t.key for t in trials)
+    datasets = [t.config["dataset"] for t in order]
+    assert datasets == ["liver2d"] * 5 + ["nuclei2d"] * 5
+    models = [t.config["model"] for t in order[:5]]
+    assert models[:2] == ["unet3p", "unet3p"] and models[-1] == "unet"

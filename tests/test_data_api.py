@@ -28,7 +28,7 @@ def no_env(monkeypatch, tmp_path):
 def test_cache_round_trip_and_reuse(tmp_path, monkeypatch):
     ds = load_dataset("nuclei2d", n=12, seed=5, cache_dir=tmp_path)
     files = list(tmp_path.glob("*.npz"))
-    assert len(files) == 1 and "nuclei2d" in files[0].name and "n12-s5" in files[0].name
+    assert len(files) == 1 and "nuclei2d" in files[0].name and "n12-t200-s5" in files[0].name
     assert not list(tmp_path.glob("*.tmp")), "atomic write leaves no temporary file"
     assert ds.meta["source"] == "synthetic" and ds.meta["seed"] == 5
 
@@ -159,7 +159,7 @@ def test_segdataset_rejects_bad_arrays():
 
 
 def test_subset_and_summary():
-    ds = load_dataset("brain_tumor2d", n=20)
+    ds = load_dataset("brain_tumor2d", n=20, test_n=0)
     train = ds.subset("train")
     assert len(train) == len(ds.splits["train"]) and len(train.splits["val"]) == 0
     assert train.case_ids == [ds.case_ids[i] for i in ds.splits["train"]]
@@ -219,9 +219,13 @@ def test_expand_unknown_names_say_what_is_valid(tmp_path):
 
 
 def test_dims_option(tmp_path):
-    sl = load_dataset("lung_nodule3d", n=2, dims=2, cache_dir=tmp_path)
+    sl = load_dataset("lung_nodule3d", n=2, dims=2, cache_dir=tmp_path, test_n=0)
     assert sl.dims == 2 and sl.images.shape == (128, 1, 64, 64)
     assert len(set(sl.groups)) == 2, "slices keep their volume as group"
+    vol = load_dataset("lung_nodule3d", n=2, cache_dir=tmp_path)  # 2 + 16 fixed test volumes
+    sl = load_dataset("lung_nodule3d", n=2, dims=2, cache_dir=tmp_path)
+    assert len(sl.splits["test"]) == 64 * len(vol.splits["test"]) == 64 * 16
+    assert all(sl.case_ids[i].startswith("test/") for i in sl.splits["test"])
     assert not (set(sl.splits["train"].tolist()) & set(sl.splits["test"].tolist()))
     with pytest.raises(SpecError, match="2D and cannot be read as 3D"):
         load_dataset("nuclei2d", n=2, dims=3, cache_dir=tmp_path)
@@ -257,3 +261,34 @@ def test_heavy_readers_imported_only_inside_functions():
                     [node.module or ""]
                 bad = {n.split(".")[0] for n in names} & heavy
                 assert not bad, f"{path.name}:{node.lineno} imports {bad} at module level"
+
+
+# --------------------------------------------------------------------------- fixed test sets
+
+
+@pytest.mark.parametrize("name,n,small,test_n", [("nuclei2d", 40, 20, 200),
+                                                 ("lung_nodule3d", 6, 3, 16)])
+def test_builtin_test_set_is_fixed_and_large(name, n, small, test_n):
+    """The test split of a built-in dataset is generated apart from the training samples: the
+    same cases whatever n (every budget), large enough for a paired test."""
+    a = load_dataset(name, n=n, cache_dir=False)
+    b = load_dataset(name, n=small, cache_dir=False)
+    assert len(a.splits["test"]) == len(b.splits["test"]) == test_n
+    assert len(a.splits["train"]) + len(a.splits["val"]) == n
+    ta, tb = a.splits["test"], b.splits["test"]
+    assert np.array_equal(a.images[ta], b.images[tb]) and np.array_equal(a.masks[ta], b.masks[tb])
+    assert [a.case_ids[i] for i in ta] == [b.case_ids[i] for i in tb]
+    assert all(a.case_ids[i].startswith("test/") for i in ta)
+    # training and test cases are different images
+    train = a.images[a.splits["train"]]
+    assert not any(np.array_equal(train[0], a.images[i]) for i in ta)
+    # another data seed: another test set
+    c = load_dataset(name, n=small, seed=1, cache_dir=False)
+    assert not np.array_equal(c.images[c.splits["test"]], b.images[tb])
+
+
+def test_test_n_zero_keeps_one_split_set(tmp_path):
+    ds = load_dataset("nuclei2d", n=40, test_n=0, cache_dir=tmp_path)
+    assert len(ds) == 40 and 0 < len(ds.splits["test"]) < 10
+    again = load_dataset("nuclei2d", n=40, cache_dir=tmp_path)  # another cache entry
+    assert len(again) == 240

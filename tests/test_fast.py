@@ -299,7 +299,7 @@ def test_search_run_fast_reaches_the_trainer_config(tmp_path, monkeypatch):
 
 def test_speed_fast_names_every_part_and_treats_both_models_alike(tmp_path):
     pytest.importorskip("rich")
-    from benchmarks import speed
+    from skipdsl.bench import speed
 
     args = speed.parse_args(["--models", "unet", "--device", "cpu", "--fast"])
     assert args.fast_path.applied == ("channels_last", "compile")  # as before: compile on CPU
@@ -311,6 +311,7 @@ def test_speed_fast_names_every_part_and_treats_both_models_alike(tmp_path):
     assert speed.main(argv) == 0
     text = out.read_text()
     assert "- fast path: channels_last (skipped: cuda_graphs: needs a CUDA device)" in text
+    assert "fast rel diff" in text and "unet compiled 0.0e+00, hand 0.0e+00" in text
     args = speed.parse_args(argv)
     runners = [speed.Runner(m, args) for m in speed.build_pair("unet", args)[0].values()]
     weights = [dict(r.module.named_parameters())["x_0_0.0.conv.weight"] for r in runners]

@@ -1,15 +1,10 @@
 """The zoo equals the hand-written reference architectures layer for layer: same state-dict
 keys and shapes, and, with the same weights, the same outputs (2D and 3D)."""
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 import skipdsl
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from reference_models import REFERENCE_MODELS  # noqa: E402
+from skipdsl.bench.reference_models import REFERENCE_MODELS
 
 ZOO = ["unet", "wunet", "unetpp", "unet3p", "unetsharp"]
 

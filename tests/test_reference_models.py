@@ -1,18 +1,16 @@
-"""The hand-written baselines in benchmarks/reference_models.py: sizes, shapes, and that they
-compute exactly what the compiled zoo models compute once the weights are copied across."""
+"""The hand-written baselines (skipdsl/bench/reference_models.py, re-exported by
+benchmarks/reference_models.py): sizes, shapes, and that they compute exactly what the compiled
+zoo models compute once the weights are copied across."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # benchmarks/ is a folder of scripts, not an installed package
-    sys.path.insert(0, str(ROOT))
+from skipdsl.bench.reference_models import PARAM_COUNTS, REFERENCE_MODELS
 
-from benchmarks.reference_models import PARAM_COUNTS, REFERENCE_MODELS  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 NAMES = sorted(REFERENCE_MODELS)
 SMALL = [4, 8, 16, 32, 64]
@@ -74,9 +72,11 @@ def test_bad_arguments_are_explained():
         REFERENCE_MODELS["unetsharp"](widths=[8, 16, 32])
 
 
-def test_speed_harness_smoke(tmp_path):
-    """benchmarks/speed.py end to end on a tiny UNet: table written, same function, ratios."""
+def test_speed_harness_smoke(tmp_path, monkeypatch):
+    """benchmarks/speed.py (the script over skipdsl.bench.speed) end to end on a tiny UNet:
+    table written, same function, ratios."""
     pytest.importorskip("rich")
+    monkeypatch.syspath_prepend(str(ROOT))  # benchmarks/ is a folder of scripts
     from benchmarks import speed
 
     out = tmp_path / "speed.md"

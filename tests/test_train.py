@@ -197,3 +197,36 @@ def test_unetpp_deep_supervision_main_head_learns(cache_dir):
                                 epochs=6, widths=[8, 16, 32, 64, 128], threads=2, prune=False))
     assert r["status"] == "ok" and r["head_init"] == "prior"
     assert r["iou"] > 0.1
+
+
+def test_random_crop_same_window_for_image_and_mask_and_per_sample():
+    from skipdsl.train.augment import random_crop
+
+    x = torch.arange(4 * 2 * 12 * 12, dtype=torch.float32).view(4, 2, 12, 12)
+    y = (x[:, :1] % 3 == 0).to(torch.uint8)
+    cx, cy = random_crop(x, y, 5, generator=torch.Generator().manual_seed(1))
+    assert cx.shape == (4, 2, 5, 5) and cy.shape == (4, 1, 5, 5)
+    assert torch.equal(cy, (cx[:, :1] % 3 == 0).to(torch.uint8))  # same window in the mask
+    for b in range(4):  # each crop is a contiguous window of its own sample
+        r0, c0 = divmod(int(cx[b, 0, 0, 0] - x[b, 0, 0, 0]), 12)
+        assert torch.equal(cx[b], x[b, :, r0:r0 + 5, c0:c0 + 5])
+    corners = {int(cx[b, 0, 0, 0] - x[b, 0, 0, 0]) for b in range(4)}
+    assert len(corners) > 1  # offsets drawn per sample
+    v = torch.randn(2, 1, 8, 8, 8)
+    cv, _ = random_crop(v, v.clone(), 4)
+    assert cv.shape == (2, 1, 4, 4, 4)
+    same, _ = random_crop(x, y, 12)
+    assert same is x
+
+
+def test_cpu_budget_one_recipe_for_every_model(cache_dir):
+    """The comparison budget trains every model with the same loss, patch and width scale."""
+    from skipdsl.train.trainer import BUDGETS
+
+    b = BUDGETS["cpu"]
+    assert b.loss == "bce_dice" and b.patch == 64 and b.width_scale == 0.25
+    r = train_and_evaluate({"model": "unetsharp", "dataset": "nuclei2d", "budget": "cpu",
+                            "epochs": 1, "n": 24, "cache_dir": str(cache_dir),
+                            "deep_supervision": False, "prune": False})
+    assert r["status"] == "ok" and r["loss"] == "bce_dice" and r["n_cases"] == 200
+    assert r["widths"] == [8, 16, 32, 64, 128]

@@ -1,4 +1,5 @@
-"""benchmarks/trials_per_hour.py: both settings run under Ray and the report has their figures.
+"""skipdsl.bench.trials_per_hour (and benchmarks/trials_per_hour.py, the script over it): both
+settings run under Ray and the report has their figures.
 
 Ray binds 127.0.0.1 (the suite runs in a loopback-only network namespace); token
 authentication is off for the throw-away cluster (``RAY_AUTH_MODE=disabled``).
@@ -14,11 +15,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # benchmarks/ is a folder of scripts, not an installed package
-    sys.path.insert(0, str(ROOT))
+from skipdsl.bench import trials_per_hour as tph
 
-from benchmarks import trials_per_hour as tph  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("device,total,n,cpu,gpu", [

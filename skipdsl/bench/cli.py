@@ -1,15 +1,16 @@
 """The ``bench`` command: run the zoo x datasets sweep, rebuild reports, list, show, speed.
 
-    bench run --datasets all --models unet,unetpp --budget smoke --out runs/smoke
-    bench report runs/smoke
+    bench run --datasets all                     (the zoo, quick budget -> runs/bench-quick)
+    bench run --budget cpu --seeds 0,1,2 --out results/cpu-zoo   (Table 1 on 2 CPU cores)
+    bench report runs/bench-quick
     bench list
     bench datasets show nuclei2d -o nuclei.png
-    bench speed ...            (forwards to benchmarks/speed.py)
+    bench speed ...            (skipdsl.bench.speed: compiled vs hand-written models)
+    bench gpu-suite ...        (skipdsl.bench.gpu_suite: every owed GPU figure in 8 minutes)
 """
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -29,15 +30,21 @@ def _widths(text: str | None):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from skipdsl.train.trainer import BUDGETS
+
     p = argparse.ArgumentParser(prog="bench", description="Train and evaluate the skipdsl zoo "
                                 "on segmentation datasets, in parallel on Ray Tune.")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     r = sub.add_parser("run", help="run a sweep (finished trials in OUT are skipped)")
     r.add_argument("--models", default="all",
-                   help="comma-separated zoo names or YAML spec paths, or 'all' (default)")
+                   help="comma-separated zoo names, library baselines (bench list) or YAML "
+                   "spec paths; 'all' (default: the zoo), 'baselines' (every baseline)")
     r.add_argument("--datasets", default="all", help="comma-separated names, or 'all' (default)")
-    r.add_argument("--budget", default="smoke", choices=["smoke", "short", "paper"])
+    r.add_argument("--budget", default="quick", choices=list(BUDGETS),
+                   help="quick (default: the whole zoo on every built-in dataset in <= 20 min "
+                   "on 2 CPU cores), cpu (the Table-1 comparison on 2 CPU cores: --seeds "
+                   "0,1,2), smoke (tests), short, paper (see skipdsl.train.trainer.BUDGETS)")
     r.add_argument("--out", default=None, help="output folder (default runs/bench-BUDGET)")
     r.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
     r.add_argument("--deep-supervision", "--ds", dest="ds", default="both",
@@ -93,11 +100,29 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--data-root", default=None)
     dls = dsub.add_parser("list", help="list datasets")
     dls.add_argument("--data-root", default=None)
+    cmp = dsub.add_parser("compare", help="KID between image sets (realism / shift check): "
+                          "NAME[:SPLIT][@SEED], e.g. nuclei2d dsb2018, nuclei2d:train "
+                          "nuclei2d:test, nuclei2d liver2d,nuclei2d@1")
+    cmp.add_argument("a", help="the reference set")
+    cmp.add_argument("b", help="comma-separated sets compared with A")
+    cmp.add_argument("--n", type=int, default=100, help="images per set (default 100)")
+    cmp.add_argument("--extractor", default="random",
+                     help="random (default: a fixed random-feature network), "
+                     "checkpoint:PATH (a trained skipdsl model's encoder) or inception:PATH "
+                     "(a local Inception weights file; nothing is downloaded)")
+    cmp.add_argument("-o", "--out", default=None, help="folder (default runs/realism/A_vs_B)")
+    cmp.add_argument("--data-root", default=None)
+    cmp.add_argument("--cache-dir", default=None)
 
-    sp = sub.add_parser("speed", help="speed benchmark (benchmarks/speed.py); args forwarded",
-                        add_help=False)
-    sp.add_argument("args", nargs=argparse.REMAINDER)
+    for name, what in FORWARDED.items():
+        sp = sub.add_parser(name, help=f"{what[1]} ({what[0]}); args forwarded", add_help=False)
+        sp.add_argument("args", nargs=argparse.REMAINDER)
     return p
+
+
+#: Subcommands that hand their whole argv to a module's ``main(argv, prog)``.
+FORWARDED = {"speed": ("skipdsl.bench.speed", "compiled models vs hand-written ones"),
+             "gpu-suite": ("skipdsl.bench.gpu_suite", "every owed GPU figure, 8 minutes")}
 
 
 def _cmd_run(a: argparse.Namespace) -> int:
@@ -106,7 +131,10 @@ def _cmd_run(a: argparse.Namespace) -> int:
     from skipdsl.data import expand_datasets
     from skipdsl.fast import normalize
 
-    models = skipdsl.list_models() if a.models in ("all", "") else _csv(a.models)
+    from skipdsl.baselines import list_baselines
+
+    models = (skipdsl.list_models() if a.models in ("all", "") else list_baselines()
+              if a.models == "baselines" else _csv(a.models))
     datasets = expand_datasets(a.datasets, a.data_root)
     seeds = [int(s) for s in _csv(a.seeds)] or [0]
     out = Path(a.out or f"runs/bench-{a.budget}")
@@ -146,47 +174,31 @@ def _cmd_list(a: argparse.Namespace) -> int:
     for m in skipdsl.list_models():
         spec = skipdsl.load(m)
         print(f"  {m:<12} {spec.description}")
+    from skipdsl.baselines import BASELINES
+
+    print("baselines (library networks, --models NAME; skipdsl/baselines.py):")
+    for m in BASELINES:
+        b = BASELINES.get(m)
+        print(f"  {m:<15} {b.cls} ({'/'.join(f'{d}D' for d in b.dims)}): {b.description}")
     print("datasets:")
     for d in list_datasets(a.data_root):
         print(f"  {d}")
     return 0
 
 
-def _load_speed():
-    """``benchmarks.speed``: importable as is, or from the repository root (the current folder
-    or the one holding the package); ``None`` when there is none."""
-    try:
-        return importlib.import_module("benchmarks.speed")
-    except ImportError:
-        pass
-    for root in (Path.cwd(), Path(__file__).resolve().parents[2]):
-        if (root / "benchmarks" / "speed.py").is_file():
-            sys.path.insert(0, str(root))
-            try:
-                return importlib.import_module("benchmarks.speed")
-            except ImportError:
-                sys.path.remove(str(root))
-    return None
+def _forward(name: str, args: list[str]) -> int:
+    """``bench NAME ARGS``: the module's ``main(ARGS, prog="bench NAME")``."""
+    import importlib
 
-
-def _cmd_speed(args: list[str]) -> int:
-    mod = _load_speed()
-    if mod is None or not hasattr(mod, "main"):
-        print("bench speed: benchmarks/speed.py (with main(argv)) was not found; run it from "
-              "the repository root", file=sys.stderr)
-        return 2
-    import inspect
-
-    takes_prog = "prog" in inspect.signature(mod.main).parameters
-    rc = mod.main(args, prog="bench speed") if takes_prog else mod.main(args)
-    return int(rc or 0)
+    mod = importlib.import_module(FORWARDED[name][0])
+    return int(mod.main(args, prog=f"bench {name}") or 0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``bench`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "speed":  # forward everything, --help included
-        return _cmd_speed(argv[1:])
+    if argv and argv[0] in FORWARDED:  # forward everything, --help included
+        return _forward(argv[0], argv[1:])
     a = build_parser().parse_args(argv)
     from skipdsl.errors import DataError, SpecError
 
@@ -200,6 +212,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if a.cmd == "list" or (a.cmd == "datasets" and a.dcmd == "list"):
             return _cmd_list(a) if a.cmd == "list" else _list_datasets(a)
+        if a.cmd == "datasets" and a.dcmd == "compare":
+            from skipdsl.data.realism import compare
+
+            out = a.out or f"runs/realism/{a.a}_vs_{a.b}".replace(":", "-").replace(",", "+")
+            r = compare(a.a, a.b, out, n=a.n, root=a.data_root, extractor=a.extractor,
+                        cache_dir=a.cache_dir)
+            print(r["markdown"].read_text())
+            print(f"written: {r['markdown']}, {r['picture']}")
+            return 0
         if a.cmd == "datasets" and a.dcmd == "show":
             from skipdsl.data import show
 

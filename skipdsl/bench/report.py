@@ -17,9 +17,24 @@ from typing import Any
 
 import numpy as np
 
-from . import store
+from . import stats, store
 
 __all__ = ["build_report", "table1"]
+
+STATS_INTRO = (
+    "Per dataset and configuration (model, +DS = with deep supervision): the mean test IoU over "
+    "seeds with a 95% t-interval over seeds and a 95% bootstrap interval over test cases; "
+    "every pair of configurations compared on the same test cases (per-case values averaged "
+    "over seeds; two-sided Wilcoxon signed-rank test, Holm-corrected within the dataset, alpha "
+    "0.05) and across seeds: a difference is significant when the case test says so and every "
+    "seed of the better configuration scores above every seed of the other (the case test "
+    "alone holds the trained networks fixed and called UNet significantly different from an "
+    "identical copy trained with other seeds); rank groups (a configuration joins the group above unless it is significantly "
+    "worse than that group's best); Beats: how many configurations it is significantly better "
+    "than (challengeR's test-based ranking); the ranking's stability under 1,000 bootstrap "
+    "samples of the test cases (Kendall's tau against the full ranking). Not significant "
+    "means the test could not tell the two apart on these cases, not that they are equal. "
+    "See skipdsl/bench/stats.py.")
 
 
 
@@ -69,16 +84,30 @@ def _dataset_dims(results: list[dict[str, Any]]) -> dict[str, int]:
 
 
 def table1(results: list[dict[str, Any]], cases, datasets: list[str] | None = None) -> str:
-    """Table 1 markdown: IoU % mean ± std per model x dataset, without / with DS, and params.
+    """Table 1 markdown: test IoU % per model x dataset, without / with DS, and params.
 
-    ``datasets``: the columns (default: every dataset in ``results``).
+    Each cell is the mean over seeds of each seed's test IoU (its mean over the test cases, by
+    the empty-case rule) ± the std over seeds (:func:`skipdsl.bench.stats.summarise`; with one
+    seed, ± the std over cases). ``datasets``: the columns (default: every dataset in
+    ``results``).
     """
+    from . import stats
+
     ok = [r for r in results if r.get("status") == "ok"]
     datasets = sorted({r["dataset"] for r in results if r.get("dataset")}
                       if datasets is None else datasets)
     models = sorted({r["model"] for r in results if r.get("model") and r["dataset"] in datasets})
     show_ds = any(r.get("deep_supervision") for r in ok)
     agg = _group_metrics(cases, ok)
+    ok_keys = {r["trial_key"] for r in ok}
+    summ = {}
+    if len(cases):
+        okc = cases[cases["trial_key"].isin(ok_keys)]
+        for d in datasets:
+            sub = okc[okc["dataset"] == d]
+            if len(sub):
+                for r in stats.summarise(sub, d).to_dict("records"):
+                    summ[(d, r["config"])] = r
     head = ["Architecture", "Params"]
     for d in datasets:
         head += [f"{d} (no DS)", f"{d} (DS)"] if show_ds else [d]
@@ -91,8 +120,12 @@ def table1(results: list[dict[str, Any]], cases, datasets: list[str] | None = No
         row = [m, p]
         for d in datasets:
             for ds in ((False, True) if show_ds else (False,)):
+                s = summ.get((d, stats.config_label(m, ds)))
                 a = agg.get((m, d, ds))
-                row.append(_pm(a["iou"], a["iou_std"]) if a else "-")
+                if s and s["seeds"] > 1:
+                    row.append(_pm(s["iou"], s["iou_seed_std"]))
+                else:
+                    row.append(_pm(a["iou"], a["iou_std"]) if a else "-")
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
@@ -333,16 +366,20 @@ def build_report(out: str | os.PathLike, *, plots: bool = True) -> Path:
     dims = _dataset_dims(results)
     datasets = sorted(dims)
     models = sorted({r["model"] for r in results if r.get("model")})
+    seeds = sorted({int(r.get("seed") or 0) for r in results})
     tables = []
     for nd in (2, 3):
         cols = [d for d in datasets if dims[d] == nd]
         if cols:
-            title = ("## Table 1: test IoU (%), mean ± std over cases (all seeds pooled)"
-                     if nd == 2 else "## 3D: test IoU (%), mean ± std over cases")
+            spread = "std over seeds" if len(seeds) > 1 else "std over cases (one seed)"
+            title = (f"## Table 1: test IoU (%), mean over seeds ± {spread}"
+                     if nd == 2 else f"## 3D: test IoU (%), mean over seeds ± {spread}")
             tables += [title, "", table1(results, cases, cols), ""]
     agg = _group_metrics(cases, ok)
     budgets = sorted({str(r.get("budget")) for r in results})
-    seeds = sorted({int(r.get("seed") or 0) for r in results})
+    ok_cases = cases[cases["trial_key"].isin({r["trial_key"] for r in ok})] if len(cases) else cases
+    stats_md, stats_files = stats.markdown(ok_cases, datasets,
+                                           plots=(out / "plots") if plots else None)
 
     files: list[Path] = []
     if plots and results:
@@ -352,6 +389,7 @@ def build_report(out: str | os.PathLike, *, plots: bool = True) -> Path:
         files += _curve_plots(curves, pdir)
         files += _overlay_plots(out, results, pdir)
         files += _pruning_plot(results, pdir)
+        files += stats_files
 
     md = [
         "# skipdsl benchmark report",
@@ -365,6 +403,11 @@ def build_report(out: str | os.PathLike, *, plots: bool = True) -> Path:
         "No DS / DS: trained without / with deep supervision.",
         "",
         *tables,
+        "## Statistics: which differences are significant",
+        "",
+        STATS_INTRO,
+        "",
+        stats_md,
         "## Dice (%), mean ± std",
         "",
         _metric_table(agg, models, datasets, "dice", 100, 2, "dice_std"),
@@ -383,6 +426,16 @@ def build_report(out: str | os.PathLike, *, plots: bool = True) -> Path:
         _cost_table(results),
         "",
     ]
+    from skipdsl.baselines import table3
+
+    t3 = table3(results, cases)
+    if t3:
+        spread = "std over seeds" if len(seeds) > 1 else "std over cases (one seed)"
+        md += ["## Table 3: against library baselines (test IoU and Dice %, deep supervision "
+               f"off, mean over seeds ± {spread})", "",
+               "Baselines (skipdsl/baselines.py) train with the same recipe, budget, data and "
+               "metrics as the zoo; Source names the library class. GFLOPs per image at the "
+               "evaluation size (UNETR: every sliding window).", "", t3, ""]
     prune = _pruning_table(results)
     if prune:
         md += ["## Pruning levels (deep-supervision models, sub-network feeding head x_0_L)", "",

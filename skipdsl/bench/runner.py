@@ -33,7 +33,8 @@ DS_MODES = ("off", "on", "both")
 #: Trainer config keys that change a result (part of the trial key); the rest (device,
 #: threads, cache_dir, data_root...) only say where and how fast it runs.
 RESULT_KEYS = ("epochs", "n", "widths", "batch_size", "lr", "weight_decay", "eta_min", "loss",
-               "loss_kwargs", "cgm", "augment", "data_seed", "hd95", "threshold", "head_init")
+               "loss_kwargs", "cgm", "augment", "data_seed", "hd95", "threshold", "head_init",
+               "patch")
 
 
 @dataclass
@@ -107,6 +108,9 @@ def plan(
     # the default head init is part of every key: trials stored before it existed (He heads)
     # are not taken for prior-initialised ones
     extra["head_init"] = extra["head_init"] or DEFAULTS["head_init"]
+    # the budget's definition (not only its name): trials stored under an older definition of
+    # a budget are not taken for the current one
+    extra["budget_def"] = budget_fingerprint(BUDGETS[budget])
     modes = {"off": [False], "on": [True], "both": [False, True]}[deep_supervision]
     trials: dict[str, Trial] = {}
     for m in models:
@@ -122,6 +126,60 @@ def plan(
                               "deep_supervision": ds, "budget": budget}
                     trials.setdefault(key, Trial(key, label, config))
     return list(trials.values())
+
+
+def _cost(config: dict[str, Any], cache: dict) -> float:
+    """A trial's relative cost: forward GFLOPs of its budget-scaled model on a small input
+    (64x64 in 2D, 24^3 in 3D) x epochs x training images; 0 when it cannot be estimated."""
+    from skipdsl.spec import scale_spec
+    from skipdsl.train import trainer
+    from skipdsl.train.metrics import gflops
+
+    import skipdsl
+
+    b = trainer.BUDGETS[config.get("budget", "smoke")]
+    is3d = trainer._is_3d(config["dataset"], config.get("data_root"))
+    model = config["model"]
+    ref = model if isinstance(model, str) else repr(sorted(model.items()))
+    key = (ref, is3d, bool(config.get("deep_supervision")), config.get("budget"))
+    if key not in cache:
+        try:
+            spec, scale = trainer.load_spec(model), b.width_scale_3d if is3d else b.width_scale
+            if getattr(spec, "is_baseline", False):
+                net = spec.build(in_channels=1, num_classes=1, dims=3 if is3d else 2,
+                                 image_size=24 if is3d else 64, width_scale=scale)
+            else:
+                net = skipdsl.compile(scale_spec(spec, scale), in_channels=1, num_classes=1,
+                                      dims=3 if is3d else 2, deep_supervision=key[2])
+            cache[key] = gflops(net, (1,) + ((24,) * 3 if is3d else (64, 64)))
+        except Exception:  # an invalid spec fails in its trial, with its reason
+            cache[key] = 0.0
+    epochs = config.get("epochs") or (b.epochs_3d if is3d else b.epochs)
+    n = config.get("n") or (b.n_3d if is3d else b.n) or 100
+    return cache[key] * epochs * n * (8.0 if is3d else 1.0)
+
+
+def longest_first(trials: Sequence[Trial]) -> list[Trial]:
+    """``trials`` grouped by dataset (in the order the datasets first appear, so that each
+    dataset's comparison completes as early as it can), the most costly first within a dataset:
+    the longest-processing-time rule, which keeps every CPU busy until the end of the group
+    instead of leaving one long trial running alone."""
+    cache: dict = {}
+    first = {}
+    for i, t in enumerate(trials):
+        first.setdefault(t.config["dataset"], i)
+    cost = {t.key: _cost(t.config, cache) for t in trials}
+    return sorted(trials, key=lambda t: (first[t.config["dataset"]], -cost[t.key]))
+
+
+def budget_fingerprint(budget: Any) -> str:
+    """A short hash of a :class:`~skipdsl.train.trainer.Budget`'s fields."""
+    import dataclasses
+    import hashlib
+    import json
+
+    blob = json.dumps(dataclasses.asdict(budget), sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
 def _failure(trial: Trial, reason: str) -> dict[str, Any]:
@@ -254,11 +312,12 @@ def run_sweep(
     t0 = time.perf_counter()
     done = store.finished(out)
     skip = {k for k, s in done.items() if s == "ok" or not retry_failed}
-    pending = [t for t in trials if t.key not in skip]
+    pending = longest_first([t for t in trials if t.key not in skip])
     summary = SweepSummary(planned=len(trials), skipped=[t.key for t in trials if t.key in skip])
     threads = max(1, int(math.ceil(cpus_per_trial)))
     for t in pending:
         t.config.setdefault("threads", threads)
+        t.config.setdefault("save_weights", True)  # model.pt + spec.yaml (--no-weights: off)
         if 0 < gpus_per_trial < 1:
             t.config.setdefault("gpu_memory_fraction", gpus_per_trial)
     with _Progress(len(trials), len(summary.skipped), progress, console) as prog:
@@ -295,7 +354,33 @@ def _ray_trainable(config: dict[str, Any]) -> None:
     except Exception:
         pass
     tune.report({"epoch": result.get("epochs", 0), "val_iou": float("nan"),
-                 "trial_payload": result})
+                 "trial_payload": _pack(result)})
+
+
+def _pack(result: dict[str, Any]) -> dict[str, Any]:
+    """Tune refuses tensors in reported metrics: the checkpoint travels as ``torch.save``
+    bytes (:func:`_unpack` restores it in the driver, which writes ``model.pt``)."""
+    if result.get("checkpoint") is None:
+        return result
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(result["checkpoint"], buf)
+    return {**result, "checkpoint": {"torch_bytes": buf.getvalue()}}
+
+
+def _unpack(result: dict[str, Any]) -> dict[str, Any]:
+    ckpt = result.get("checkpoint")
+    if not (isinstance(ckpt, dict) and "torch_bytes" in ckpt):
+        return result
+    import io
+
+    import torch
+
+    return {**result, "checkpoint": torch.load(io.BytesIO(ckpt["torch_bytes"]),
+                                               weights_only=True)}
 
 
 def _store_callback_class(tune):
@@ -324,7 +409,7 @@ def _store_callback_class(tune):
                                 float(result.get("val_iou", float("nan"))))
             elif t.key not in self.stored:
                 self.stored.add(t.key)
-                _store(self.out, t, payload, self.summary, self.prog)
+                _store(self.out, t, _unpack(payload), self.summary, self.prog)
 
         def on_trial_error(self, iteration, trials, trial, **info):
             t = self._trial(trial)

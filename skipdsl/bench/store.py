@@ -6,6 +6,8 @@ Layout of ``OUT``::
                                           its presence marks the trial finished)
     OUT/trials/<trial_key>/cases.parquet  per-case test metrics
     OUT/trials/<trial_key>/samples.npz    a few test images, ground truths and probabilities
+    OUT/trials/<trial_key>/model.pt       the selected weights, spec and normalisation, and
+    OUT/trials/<trial_key>/spec.yaml      the spec as trained (skipdsl.checkpoint: the format)
     OUT/results.csv                       one row per finished trial (rebuilt from the folders)
     OUT/cases.parquet                     every trial's per-case values, with trial columns
     OUT/curves.csv                        every trial's validation curve
@@ -131,14 +133,17 @@ def trial_dir(out: str | os.PathLike, key: str) -> Path:
 def save_trial(out: str | os.PathLike, key: str, result: dict[str, Any]) -> Path:
     """Store one trial's result (a :func:`~skipdsl.train.trainer.train_and_evaluate` dict).
 
-    Per-case values go to ``cases.parquet``, overlay samples to ``samples.npz``, everything
-    else to ``result.json``, which is written last. Returns the trial folder.
+    Per-case values go to ``cases.parquet``, overlay samples to ``samples.npz``, the
+    checkpoint to ``model.pt`` + ``spec.yaml`` (:mod:`skipdsl.checkpoint`; ``result.json``
+    says ``"checkpoint": "model.pt"``), everything else to ``result.json``, which is written
+    last. Returns the trial folder.
     """
     d = trial_dir(out, key)
     d.mkdir(parents=True, exist_ok=True)
     result = dict(result)
     cases = result.pop("cases", None)
     samples = result.pop("samples", None)
+    weights = result.pop("checkpoint", None)
     if cases is not None and len(cases):
         buf = io.BytesIO()
         cases.to_parquet(buf, index=False)
@@ -149,6 +154,12 @@ def save_trial(out: str | os.PathLike, key: str, result: dict[str, Any]) -> Path
         np.savez_compressed(buf, case_id=np.asarray(samples.get("case_id", []), dtype=str),
                             **arrays)
         atomic_write_bytes(d / "samples.npz", buf.getvalue())
+    if weights is not None:
+        from skipdsl import checkpoint
+
+        weights = {**weights, "trial": {**weights.get("trial", {}), "trial_key": key}}
+        checkpoint.write(d, weights)
+        result["checkpoint"] = checkpoint.MODEL_FILE
     result["trial_key"] = key
     atomic_write_json(d / "result.json", result)
     return d

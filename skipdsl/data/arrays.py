@@ -108,6 +108,9 @@ def to_slices(ds: SegDataset) -> SegDataset:
     case_ids = [f"{c}/z{k:03d}" for c in ds.case_ids for k in range(z)]
     groups = [g for g in ds.groups for _ in range(z)]
     inst = None if ds.instances is None else ds.instances.reshape(n * z, *ds.instances.shape[2:])
-    return SegDataset.create(ds.name, 2, images, masks, ds.class_names, case_ids,
-                             groups=groups, instances=inst, seed=int(ds.meta.get("seed", 0)),
-                             meta={**ds.meta, "sliced_from": "3d"})
+    # every slice stays in its volume's split (a built-in dataset's fixed test set stays fixed)
+    splits = {k: (v[:, None] * z + np.arange(z)[None]).reshape(-1) for k, v in ds.splits.items()}
+    return SegDataset(name=ds.name, dims=2, images=np.ascontiguousarray(images, np.float32),
+                      masks=np.ascontiguousarray(masks, np.uint8), splits=splits,
+                      class_names=list(ds.class_names), case_ids=case_ids, groups=groups,
+                      instances=inst, meta={**ds.meta, "sliced_from": "3d"})

@@ -30,7 +30,8 @@ import numpy as np
 from ..errors import SpecError, did_you_mean
 from . import nnunet, real, synthetic  # noqa: F401  (registers the datasets)
 from .arrays import to_slices
-from .base import DATASETS, DataWarning, DatasetEntry, LoadOptions, OnError, SegDataset, data_error
+from .base import (DATASETS, TEST_SEED_OFFSET, DataWarning, DatasetEntry, LoadOptions, OnError,
+                   SegDataset, data_error, with_test_set)
 
 FAMILY_SEP = ":"
 
@@ -76,6 +77,7 @@ def load_dataset(
     on_error: OnError = "raise",
     dims: int | None = None,
     slices_per_case: int = 16,
+    test_n: int | None = None,
 ) -> SegDataset:
     """Load a registered dataset by name.
 
@@ -84,21 +86,26 @@ def load_dataset(
             ``luna16`` (real), or ``nnunet:DatasetXXX_Name``; see :func:`list_datasets`.
         root: folder holding the real datasets (default ``$SKIPDSL_DATA``).
         seed: generator seed (synthetic) and split seed (all).
-        n: synthetic: number of samples (default: the dataset's ``default_n``); real: read at
-            most this many cases (images/volumes), first by sorted name.
+        n: synthetic: number of train + val samples (default: the dataset's ``default_n``);
+            real: read at most this many cases (images/volumes), first by sorted name.
         cache_dir: where datasets are cached (default :func:`default_cache_dir`); ``False``
             reads or generates without caching.
         on_error: ``"raise"`` a :class:`~skipdsl.errors.DataError` for a bad file, or
             ``"skip"`` it with a :class:`DataWarning` naming it.
         dims: 2 reads a 3D dataset as axial slices; 3 asks for volumes (3D datasets only).
         slices_per_case: real 3D volumes read as 2D: evenly spaced slices per volume.
+        test_n: synthetic: size of the fixed test set, generated apart from the ``n`` train +
+            val samples with seed ``seed + TEST_SEED_OFFSET`` (default: the dataset's, 200 in
+            2D and 16 in 3D); it is the same for every ``n``, so every budget, model and trial
+            seed is scored on the same cases. ``0``: one set of ``n`` samples split 70/15/15.
     """
     entry, member = _entry(name)
     cache = None if cache_dir is False else Path(cache_dir) if cache_dir else default_cache_dir()
     if entry.kind == "synthetic":
         n = n or int(entry.default_n or 0)
-        path = cache and cache / f"{entry.name}-{_version(entry)}-n{n}-s{seed}.npz"
-        ds = _cached(path, lambda: _synthetic(entry, n, seed))
+        t = int(entry.test_n if test_n is None else test_n)
+        path = cache and cache / f"{entry.name}-{_version(entry)}-n{n}-t{t}-s{seed}.npz"
+        ds = _cached(path, lambda: _synthetic(entry, n, seed, t))
     else:
         opts = LoadOptions(seed=seed, n=n, on_error=on_error, dims=dims,
                            slices_per_case=slices_per_case)
@@ -211,10 +218,12 @@ def _real_key(entry: DatasetEntry, folder: Path, opts: LoadOptions) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-def _synthetic(entry: DatasetEntry, n: int, seed: int) -> SegDataset:
+def _synthetic(entry: DatasetEntry, n: int, seed: int, test_n: int = 0) -> SegDataset:
     ds = entry.build(n, seed)
+    if test_n:
+        ds = with_test_set(ds, entry.build(test_n, seed + TEST_SEED_OFFSET))
     ds.meta.update({"source": "synthetic", "generator_version": _version(entry), "n": n,
-                    "files": []})
+                    "test_n": test_n, "files": []})
     return ds
 
 

@@ -68,6 +68,9 @@ def add_subparsers(sub) -> None:
                    "default: the space's value for the budget, smoke 2; 0 = no cap)")
     r.add_argument("--no-zoo", action="store_true",
                    help="do not queue the zoo models (the front's reference points) first")
+    r.add_argument("--no-weights", action="store_true",
+                   help="keep no checkpoints (default: OUT/checkpoints/<key>.pt per trained "
+                   "trial, OUT/pareto/<name>.pt with each Pareto spec)")
     r.add_argument("--epochs", type=_positive_int, default=None,
                    help="override the budget's (default smoke search: 5; else the trainer's)")
     r.add_argument("--n", type=_positive_int, default=None,
@@ -145,7 +148,7 @@ def _run(args) -> int:
         workers=args.workers, address=args.address,
         cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
         num_cpus=args.num_cpus, heartbeat=args.heartbeat, grace=args.grace,
-        command=_command(), log=con.print)
+        weights=not args.no_weights, command=_command(), log=con.print)
     states = ", ".join(f"{k} {v}" for k, v in sorted(summary.states.items()))
     con.print(f"[green]done[/]: {summary.ran} trial(s) run here; the study holds "
               f"{summary.finished} evaluated networks ({states}); {summary.seconds:.0f} s")

@@ -8,7 +8,9 @@ Shared by both backends (Optuna in this process, Ray Tune workers):
   canonical hash, same dataset, budget, seed, deep supervision, CGM, loss and trainer settings);
 - :func:`evaluate` trains it with the trainer (``train_and_evaluate`` or any function of the
   same signature), forwarding each epoch's validation IoU to ``report``, then measures latency,
-  and returns the trial's record (:data:`RECORD_KEYS`).
+  and returns the trial's record (:data:`RECORD_KEYS`); with ``checkpoint_dir`` set it keeps the
+  trained weights there as ``<key>.pt`` (:mod:`skipdsl.checkpoint`; a trial of the same key later
+  reuses both the result and the file).
 
 Objectives (:data:`OBJECTIVES`): ``iou`` = the best validation IoU over the epochs (the test IoU
 is recorded as ``test_iou`` but never optimised: selecting on the test split would leak it),
@@ -52,7 +54,7 @@ OBJECTIVES: dict[str, Objective] = {
 
 #: What a finished trial records (Optuna user attributes; columns of trials.csv).
 RECORD_KEYS = ("iou", "test_iou", "dice", "params", "params_m", "latency_ms", "gflops",
-               "images_per_s", "epochs", "best_epoch", "train_seconds", "curve")
+               "images_per_s", "epochs", "best_epoch", "train_seconds", "curve", "checkpoint")
 
 #: Trainer settings that change a result (they go into the cache key).
 RESULT_OVERRIDES = ("epochs", "n", "batch_size", "lr", "weight_decay", "augment", "data_seed")
@@ -75,6 +77,8 @@ class SearchConfig:
     latency_size: int | None = None  # default: 96 (2D) / 64 (3D)
     latency_iters: int = 20
     max_gflops: float | None = None  # networks above it are not trained (status too_costly)
+    # where each trained trial's weights go (<dir>/<key>.pt, skipdsl.checkpoint); None: nowhere
+    checkpoint_dir: str | None = None
 
     def __post_init__(self) -> None:
         self.objectives = tuple(self.objectives)
@@ -188,7 +192,8 @@ def trainer_config(prep: Prepared, cfg: SearchConfig) -> dict[str, Any]:
     return {**cfg.overrides, "model": prep.spec.to_dict(), "dataset": cfg.dataset,
             "seed": int(cfg.seed), "budget": cfg.budget,
             "deep_supervision": bool(prep.spec.deep_supervision),
-            "widths": list(prep.spec.widths)}
+            "widths": list(prep.spec.widths),
+            **({"save_weights": True} if cfg.checkpoint_dir else {})}
 
 
 def reason_of(err: BaseException) -> str:
@@ -217,6 +222,11 @@ def evaluate(prep: Prepared, cfg: SearchConfig, report: Callable[[int, float], A
         rec["latency_ms"] = measure_latency(prep.spec, result, cfg)
     except Exception as err:
         return {"status": "failed", "reason": "latency measurement: " + reason_of(err)}
+    weights = result.get("checkpoint")
+    if cfg.checkpoint_dir and weights is not None:  # written where the trial ran (Ray: a worker)
+        from ..checkpoint import write_file
+
+        rec["checkpoint"] = str(write_file(Path(cfg.checkpoint_dir) / f"{prep.key}.pt", weights))
     rec.update(status="ok", reason="")
     return rec
 

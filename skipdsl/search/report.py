@@ -4,6 +4,9 @@
                      cached_from, curve, and its point (``p_<parameter>`` columns)
 ``OUT/pareto/*.yaml`` the non-dominated complete trials, one distinct network each, as specs
                      (``t<number>-<hash>.yaml``; each compiles and runs in ``bench run --models``)
+``OUT/pareto/*.pt``  the checkpoint of the trial that evaluated each (same name; when the search
+                     kept weights): ``skipdsl predict``, ``skipdsl export``,
+                     ``skipdsl.load_checkpoint`` (checked against the .yaml when written)
 ``OUT/pareto.png``   IoU against each cost objective; the front, the other trials and the zoo
 ``OUT/report.md``    settings, counts, the front, the zoo reference points, the invalid reasons
 """
@@ -73,7 +76,7 @@ def write_pareto(out: Path, front, study, cfg: SearchConfig, study_name: str) ->
 
     folder = out / "pareto"
     folder.mkdir(parents=True, exist_ok=True)
-    for old in folder.glob("*.yaml"):
+    for old in [*folder.glob("*.yaml"), *folder.glob("*.pt")]:
         old.unlink()
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     paths = []
@@ -95,7 +98,33 @@ def write_pareto(out: Path, front, study, cfg: SearchConfig, study_name: str) ->
         p = folder / f"t{t.number:04d}-{str(r['hash'])[:8]}.yaml"
         p.write_text("\n".join(header) + "\n" + spec.to_yaml())
         paths.append(p)
+        # where the trial wrote it, else where it lies in this folder (OUT moved since)
+        kept = [Path(t.user_attrs.get("checkpoint") or ""),
+                out / "checkpoints" / f"{t.user_attrs.get('key')}.pt"]
+        weights = next((w for w in kept if w.suffix == ".pt" and w.is_file()), None)
+        if weights is not None:
+            copy_weights(weights, p.with_suffix(".pt"), p)
     return paths
+
+
+def copy_weights(src: Path, dst: Path, spec_path: Path) -> Path | None:
+    """Copy a trial's checkpoint next to its Pareto spec (atomically) and load it back: the spec
+    inside is validated again and must be the network of ``spec_path``. A checkpoint that fails
+    is not kept (a warning says why)."""
+    import warnings
+
+    from skipdsl.bench.store import atomic_write_bytes
+    from skipdsl.checkpoint import load_checkpoint
+    from skipdsl.errors import DataError, SpecError
+
+    atomic_write_bytes(dst, src.read_bytes())
+    try:
+        load_checkpoint(dst, spec=spec_path)
+    except (SpecError, DataError) as err:
+        dst.unlink()
+        warnings.warn(f"the weights of {spec_path.name} were not kept: {err}", stacklevel=2)
+        return None
+    return dst
 
 
 def plot_front(path: Path, df, front, cfg: SearchConfig) -> Path:
@@ -189,8 +218,10 @@ def write_report(out: Path, df, front, paths: list[Path], cfg: SearchConfig,
     if len(front):
         f = front.copy()
         f["file"] = [f"pareto/{p.name}" for p in paths]
+        f["weights"] = [f"pareto/{p.with_suffix('.pt').name}" if p.with_suffix(".pt").is_file()
+                        else "-" for p in paths]
         lines.append(_table(f, ["number", "zoo", "iou", "test_iou", "params_m", "latency_ms",
-                                "gflops", "hash", "file"]))
+                                "gflops", "hash", "file", "weights"]))
     else:
         lines.append("No complete trial yet.")
     zoo = df[df["zoo"].notna()].sort_values("number").drop_duplicates(subset="zoo")
@@ -209,7 +240,9 @@ def write_report(out: Path, df, front, paths: list[Path], cfg: SearchConfig,
     else:
         lines.append("None.")
     lines += ["", "All trials, with their points and curves: `trials.csv`. Front: "
-              "`pareto.png`. Re-run the same command to resume the study; "
+              "`pareto.png`. The weights of a front member (`pareto/<name>.pt`, when the search "
+              "kept weights) work with `skipdsl predict`, `skipdsl export` and "
+              "`skipdsl.load_checkpoint`. Re-run the same command to resume the study; "
               "`skipdsl search report DIR` rebuilds these files.", ""]
     p = out / "report.md"
     p.write_text("\n".join(lines))

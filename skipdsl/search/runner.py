@@ -58,6 +58,7 @@ def run_search(
     heartbeat: int = HEARTBEAT_S,
     grace: int | None = None,
     outputs: bool = True,
+    weights: bool = True,
     command: str | None = None,
     log: Callable[[str], None] | None = None,
 ) -> SearchSummary:
@@ -71,6 +72,9 @@ def run_search(
     is ``"module:function"`` or a function with ``train_and_evaluate``'s signature; ``overrides``
     are extra trainer config keys (epochs, n, data_root, threads, device, ...). Writes
     ``OUT/search.json`` and, with ``outputs``, trials.csv, pareto/, pareto.png and report.md.
+    With ``weights`` (default) every trained trial keeps its checkpoint as
+    ``OUT/checkpoints/<key>.pt`` and the Pareto front's come with their specs as
+    ``OUT/pareto/<name>.pt``.
 
     ``workers`` (Optuna backend): processes on this machine that run trials in parallel on the
     study; default: one per CPU core up to 4 on a CPU-only machine (each with
@@ -123,6 +127,7 @@ def run_search(
                           "--cpus-per-trial")
     grace = 3 * heartbeat if grace is None else grace
     out = Path(out).resolve()
+    cfg.checkpoint_dir = str(out / "checkpoints") if weights else None
     url = storage_url(out, storage)
     name = study_name or default_study_name(sp, cfg)
     optuna.logging.set_verbosity(optuna.logging.WARNING)

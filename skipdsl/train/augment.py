@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["AugmentConfig", "augment_batch"]
+__all__ = ["AugmentConfig", "augment_batch", "random_crop"]
 
 
 @dataclass(frozen=True)
@@ -86,3 +86,37 @@ def augment_batch(
         b = torch.where(on, b, torch.zeros_like(b)).to(dev, x.dtype)
         x = x * c + b
     return x.contiguous(), y.contiguous()
+
+
+def random_crop(
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    patch: int,
+    *,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random ``patch``-sized cube (square in 2D) of each sample, the same for its mask.
+
+    Patch-based training, as nnU-Net does: the networks are fully convolutional, so a model
+    trained on patches is evaluated on whole images. Each sample draws its own offset (one
+    gather, no per-sample copy loop). ``patch`` at least the image size returns the inputs.
+    """
+    spatial = images.shape[2:]
+    if patch <= 0 or all(patch >= s for s in spatial):
+        return images, masks
+    n, dev = images.shape[0], images.device
+    idx = []
+    for ax, size in enumerate(spatial):
+        p = min(patch, size)
+        start = torch.randint(0, size - p + 1, (n,), generator=generator).to(dev)
+        idx.append((start, p, ax))
+    x, y = images, masks
+    for start, p, ax in idx:
+        # gather along spatial axis ax: positions start_b + 0..p-1 for each sample b
+        pos = start[:, None] + torch.arange(p, device=dev)[None]  # (B, p)
+        shape = [n] + [1] * (x.dim() - 1)
+        shape[2 + ax] = p
+        pos = pos.view(shape)
+        x = x.gather(2 + ax, pos.expand(*x.shape[:2 + ax], p, *x.shape[3 + ax:]))
+        y = y.gather(2 + ax, pos.expand(*y.shape[:2 + ax], p, *y.shape[3 + ax:]))
+    return x, y

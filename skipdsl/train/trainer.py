@@ -22,6 +22,7 @@ A trial whose loss becomes NaN/inf is stopped and returned with ``status='failed
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import random
 import time
@@ -32,7 +33,7 @@ import numpy as np
 import torch
 
 from ..heads import init_heads
-from .augment import AugmentConfig, augment_batch
+from .augment import AugmentConfig, augment_batch, random_crop
 
 __all__ = ["Budget", "BUDGETS", "DEFAULTS", "Diverged", "resolve_config", "fast_path",
            "train_and_evaluate", "planned_epochs"]
@@ -60,7 +61,39 @@ class Budget:
     hd95: bool = False
     throughput_iters: int = 5
     samples: int = 4  # test cases kept for the overlay plots
+    patch: int = 0  # train on random patch x patch crops (0: whole images); eval on whole ones
+    patch_3d: int = 0
+    loss: str | None = None  # one loss for every model (None: each spec's own loss)
 
+
+#: ``cpu``: the comparison budget (the zoo's Table 1 on 2 CPU cores, ``bench run --budget cpu
+#: --seeds 0,1,2``). One recipe for every model: the same images, epochs, patch, width scale and
+#: loss (``bce_dice``: each paper's own hybrid loss would make the loss, not the topology,
+#: part of the comparison; ``--loss`` overrides it for all).
+#:
+#: Arithmetic (measured on this project's 2-core machine before the run, fwd+bwd+Adam, batch 4,
+#: 1 torch thread per trial, two trials side by side): train images/s on 64x64 patches at x0.25
+#: widths: UNet 81, WUNet 66, UNet++ 35, UNet# 15-16, UNet 3+ 10 (UNet 3+ keeps twice UNet's
+#: widths). One (dataset, seed) block of the 8 configurations costs
+#: sum(1/rate) = 0.41 core-s per training image. 2D: n=128 -> 109 train / 19 val images,
+#: 10 epochs = 1,090 training images per trial -> 450 core-s of training per block, plus about
+#: 30 s per trial of evaluation (200 test images at 96x96, the validation set every epoch,
+#: pruning levels, HD95, images/s): ~700 core-s per block; 4 datasets x 3 seeds = 12 blocks
+#: -> ~8,400 core-s = ~70 min on 2 cores. 3D: 24 volumes (20 train) of 64^3, 32^3 patches,
+#: 6 epochs at x0.125 widths, 16 test volumes: ~25 min for 3 seeds. Total ~95 min for the 120
+#: trials (the measured wall time is in results/cpu-zoo/README.md), inside the 3 hours allowed.
+#: Patches of 64 (not 48: liver2d lost 7 IoU points at 48, it needs the context) cut the cost
+#: per image 2.25x against whole 96x96 images; UNet reaches test IoU >= 0.75 on nuclei2d and
+#: liver2d at 10 epochs (0.74-0.77 on liver2d at 6).
+CPU_BUDGET = Budget("cpu", epochs=10, epochs_3d=6, n=128, n_3d=24, width_scale=0.25,
+                    width_scale_3d=0.125, batch_size=4, batch_size_3d=2, patch=64, patch_3d=32,
+                    loss="bce_dice", hd95=True, throughput_iters=2)
+
+#: ``quick``: the default of ``bench run``: the cpu recipe with less training, so that the whole
+#: zoo (8 configurations) on the five built-in datasets, one seed (40 trials), runs in <= 20
+#: minutes on 2 CPU cores. A look at everything, not a comparison (use ``cpu`` for that).
+QUICK_BUDGET = dataclasses.replace(CPU_BUDGET, name="quick", epochs=3, epochs_3d=2, n=96,
+                                   n_3d=12, hd95=False, throughput_iters=1)
 
 #: ``smoke``: minutes on 2 CPU cores for the whole zoo x datasets sweep (tiny widths, few
 #: epochs, small n); ``short``: a real but quick comparison; ``paper``: the papers' 100 epochs.
@@ -68,6 +101,8 @@ BUDGETS: dict[str, Budget] = {
     "smoke": Budget("smoke", epochs=10, epochs_3d=3, n=96, n_3d=8,
                     width_scale=0.25, width_scale_3d=0.125, batch_size=4,
                     batch_size_3d=2, throughput_iters=2),
+    "quick": QUICK_BUDGET,
+    "cpu": CPU_BUDGET,
     "short": Budget("short", epochs=20, epochs_3d=20, n=None, n_3d=None,
                     width_scale=0.5, width_scale_3d=0.25,
                     batch_size=16, batch_size_3d=2, hd95=True),
@@ -87,6 +122,7 @@ DEFAULTS: dict[str, Any] = {
     "n": None,
     "widths": None,  # list per level or an int base
     "batch_size": None,
+    "patch": None,  # training crop size (0: whole images); None: the budget's
     "lr": 1e-3,
     "weight_decay": 1e-4,
     "eta_min": 1e-5,
@@ -111,6 +147,11 @@ DEFAULTS: dict[str, Any] = {
     "prune": True,  # evaluate pruning levels when deep supervision is on and prune exists
     "throughput_iters": None,
     "samples": None,
+    # result["checkpoint"]: the selected weights, the spec as trained and the normalisation
+    # (skipdsl.checkpoint). Off here, on in bench run_sweep (the store writes model.pt +
+    # spec.yaml) and in a search that keeps weights: a caller that stores results as they
+    # come is not handed tensors it does not expect
+    "save_weights": False,
 }
 
 
@@ -156,10 +197,14 @@ def fast_path(cfg: dict[str, Any], spec: Any, device: Any):
 
 
 def load_spec(model: Any):
-    """A zoo name, a YAML path, a spec dict or a ``Spec`` -> a checked ``Spec``."""
+    """A zoo name, a YAML path, a spec dict or a ``Spec`` -> a checked ``Spec``; a library
+    baseline's name -> its :class:`skipdsl.baselines.Baseline`."""
     import skipdsl
+    from skipdsl.baselines import lookup
     from skipdsl.spec import from_dict
 
+    if lookup(model) is not None:
+        return lookup(model)
     if isinstance(model, dict):
         return from_dict(model, source="<config>")
     return skipdsl.load(model)
@@ -271,7 +316,9 @@ def train_and_evaluate(config: dict[str, Any],
     metrics, a DataFrame), ``samples`` (a few test images, ground truths and probabilities for
     overlays), ``pruning`` (per level: level, params, images_per_s, iou, dice), ``fast`` (the
     fast-path parts applied, e.g. ``'bf16,channels_last,compile,cuda_graphs'`` or ``'off'``),
-    ``fast_skipped`` (``'part: reason; ...'`` for those asked for but not applied), ``config``.
+    ``fast_skipped`` (``'part: reason; ...'`` for those asked for but not applied), ``config``;
+    with ``save_weights`` ``checkpoint``: the selected epoch's weights with the spec
+    as trained, the normalisation, threshold and image size (:func:`skipdsl.checkpoint.payload`).
     """
     cfg = resolve_config(config)
     threads = torch.get_num_threads()
@@ -337,14 +384,27 @@ def _train_and_evaluate(cfg: dict[str, Any],
 
     # -- model -----------------------------------------------------------------------------
     widths = cfg["widths"]
-    if widths is None:  # the budget scales the spec's widths and projections (its shape)
-        spec = scale_spec(spec, budget.width_scale_3d if is3d else budget.width_scale)
+    baseline = getattr(spec, "is_baseline", False)
+    scale = budget.width_scale_3d if is3d else budget.width_scale
+    if widths is None and not baseline:  # the budget scales the spec's widths (its shape)
+        spec = scale_spec(spec, scale)
     widths = list(widths) if isinstance(widths, (list, tuple)) else widths
     has_ds_heads = len(spec.heads) > 1
     use_ds = bool(cfg["deep_supervision"]) and has_ds_heads
     build = dict(in_channels=int(ds.in_channels), num_classes=int(ds.num_classes), dims=dims,
                  widths=widths, cgm=cfg["cgm"])
-    model = skipdsl.compile(spec, deep_supervision=use_ds, **build).to(device)
+    patch = int(cfg["patch"] if cfg["patch"] is not None
+                else (budget.patch_3d if is3d else budget.patch))
+    if baseline:  # a library network (skipdsl.baselines): its size rules are checked here
+        from skipdsl.baselines import scale_from_widths
+
+        model = spec.build(in_channels=build["in_channels"], num_classes=build["num_classes"],
+                           dims=dims, image_size=tuple(images.shape[2:]), patch=patch,
+                           spacing=ds.meta.get("spacing"),
+                           width_scale=scale if widths is None else scale_from_widths(widths))
+        model = model.to(device)
+    else:
+        model = skipdsl.compile(spec, deep_supervision=use_ds, **build).to(device)
     result["head_init"] = cfg["head_init"]
     if cfg["head_init"] == "prior":
         train_masks = masks[torch.from_numpy(splits["train"])].float()
@@ -358,7 +418,7 @@ def _train_and_evaluate(cfg: dict[str, Any],
         model = model.to(memory_format=memory_format)
     forward = fast.compile_model(model)  # the training forward (compiled with fast: compile)
     evaluate = fast.inference(model, fn=forward)  # eval forward (CUDA graphs: replayed)
-    loss_name = cfg["loss"] or spec.loss or "bce_dice"
+    loss_name = cfg["loss"] or budget.loss or spec.loss or "bce_dice"
     result["loss"] = loss_name
     loss_fn = build_loss(loss_name, **(cfg["loss_kwargs"] or {}))
 
@@ -395,6 +455,8 @@ def _train_and_evaluate(cfg: dict[str, Any],
             for step in range(steps_per_epoch):
                 idx = perm[step * bs:(step + 1) * bs].to(device)
                 x, y = train_x.index_select(0, idx), train_y.index_select(0, idx)
+                if patch:
+                    x, y = random_crop(x, y, patch, generator=gen)
                 x, y = augment_batch(x, y, config=aug, generator=gen)
                 if memory_format is not None:
                     x = x.contiguous(memory_format=memory_format)
@@ -469,6 +531,18 @@ def _train_and_evaluate(cfg: dict[str, Any],
         samples=_samples(raw_images[test_idx], test_y, probs, test_ids,
                          int(cfg["samples"] if cfg["samples"] is not None else budget.samples)),
     )
+    # the model holds the selected epoch's weights (loaded above); a library baseline is not
+    # compiled from a spec, so it has no checkpoint (skipdsl.checkpoint rebuilds from specs)
+    if cfg["save_weights"] and not getattr(spec, "is_baseline", False):
+        from skipdsl.checkpoint import payload
+
+        result["checkpoint"] = payload(
+            model, mean=mean, std=std, input_normalisation=ds.meta.get("normalisation"),
+            threshold=cfg["threshold"], image_size=shape[1:], patch=patch,
+            classes=ds.class_names,
+            trial={"model": spec.name, "dataset": cfg["dataset"], "seed": int(cfg["seed"]),
+                   "budget": cfg["budget"], "deep_supervision": use_ds, "epochs": len(curve),
+                   "best_epoch": int(best[1]), "val_iou": best[0], "test_iou": agg["iou"]})
     return result
 
 
