@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "channels_last, torch.compile, CUDA-graph inference on CUDA, none on CPU); "
                    "off, or parts: bf16,channels_last,compile,cuda_graphs (skipdsl/fast.py)")
     r.add_argument("--retry-failed", action="store_true", help="re-run failed trials")
+    r.add_argument("--no-weights", action="store_true",
+                   help="keep no model.pt/spec.yaml per trial (saves disk)")
     r.add_argument("--no-report", action="store_true", help="skip report.md and plots")
     r.add_argument("--no-progress", action="store_true")
     r.add_argument("--strict", action="store_true", help="exit 1 when a trial failed")
@@ -142,6 +144,7 @@ def _cmd_run(a: argparse.Namespace) -> int:
                  "batch_size": a.batch_size, "lr": a.lr, "loss": a.loss, "hd95": a.hd95,
                  "data_root": a.data_root, "cache_dir": a.cache_dir, "device": a.device,
                  "cgm": a.cgm, "head_init": a.head_init,
+                 "save_weights": False if a.no_weights else None,
                  "fast": None if a.fast is None else normalize(a.fast)}
     trials = runner.plan(models, datasets, seeds=seeds, deep_supervision=a.ds, budget=a.budget,
                          overrides=overrides)
