@@ -243,28 +243,20 @@ def pairwise(cases, dataset: str, metric: str = "iou"):
                      # every seed of a above every seed of b: training randomness alone does
                      # not reverse the order (the case test holds the trained models fixed)
                      "seed_consistent": bool(len(si) > 1 and len(sj) > 1
-                                             and si.min() > sj.max())})
+                                             and si.min() > sj.max()),
+                     "one_seed": not (len(si) > 1 and len(sj) > 1)})
     df = pd.DataFrame(rows, columns=["a", "b", "n", "mean_a", "mean_b", "mean_diff", "diff_lo",
-                                     "diff_hi", "p", "seed_consistent"])
+                                     "diff_hi", "p", "seed_consistent", "one_seed"])
     if len(df):
         reject, p_holm, _, _ = multipletests(df["p"].to_numpy(), alpha=ALPHA, method="holm")
         df["p_holm"] = p_holm
         df["significant_cases"] = reject
-        one_seed = [not (x or _seeds_apart_possible(per_seed, configs, r))
-                    for x, r in zip(df["seed_consistent"], df.itertuples(index=False))]
-        df["one_seed"] = one_seed
-        df["significant"] = reject & (df["seed_consistent"].to_numpy() | np.asarray(one_seed))
+        df["significant"] = reject & (df["seed_consistent"].to_numpy()
+                                      | df["one_seed"].to_numpy(dtype=bool))
     else:
-        for c in ("p_holm", "significant_cases", "one_seed", "significant"):
+        for c in ("p_holm", "significant_cases", "significant"):
             df[c] = []
     return df
-
-
-def _seeds_apart_possible(per_seed: np.ndarray, configs: list[str], row) -> bool:
-    """Whether both configurations have two or more seeds (so seed consistency can be
-    judged); with one seed the case test is all there is, and the report says so."""
-    i, j = configs.index(row.a), configs.index(row.b)
-    return bool(np.isfinite(per_seed[:, i]).sum() > 1 and np.isfinite(per_seed[:, j]).sum() > 1)
 
 
 def _beats(pairs) -> dict[tuple[str, str], bool]:
