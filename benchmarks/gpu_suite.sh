@@ -19,44 +19,50 @@
 #
 # CPU dry run (tests/test_gpu_suite.py, in CI): every stage at toy size, under 3 minutes:
 #   PYTHON=.venv/bin/python bash benchmarks/gpu_suite.sh --dry-run --out runs/gpu-dry
-# (the dry run: UNet# and UNet for the speed stages, table1 on nuclei2d with --backend local,
-# one torch thread a process; its trials-per-hour stage starts Ray, so run it where Ray may
-# bind 127.0.0.1, as CI's loopback-only namespace lets it.)
+# (the dry run: UNet# and UNet for the speed stages at 16 px, batch 2, widths 4..64 in 2D and
+# 2..32 in 3D, table1 on nuclei2d with --backend local, one torch thread a process; its
+# trials-per-hour stage starts Ray, so run it where Ray may bind 127.0.0.1, as CI's
+# loopback-only namespace lets it.)
 #
 # Budget, seconds of wall time. Each stage is stopped at its limit (SIGINT 5 s before it, a
 # fifth of it for limits under 25 s, then SIGKILL for its process group) and keeps what it
 # finished; a deadline of start + 480 s (dry run: 180 s) caps every limit. The numbers are
 # skipdsl/bench/gpu_suite.py's STAGES, SETUP_S and SUMMARY_S, and tests/test_gpu_suite.py
-# checks that this table says the same.
+# checks that this table says the same. A number in parentheses costs no wall time: the stage
+# runs beside another, within that one's limit. The dry run groups its stages differently (its
+# toy stages time nothing, and each process spends most of its seconds importing torch and
+# MONAI on one core): speed-2d, speed-2d-fast, compile-warm and fast-path beside table1
+# (80 s), speed-3d and speed-3d-fast beside trials-per-hour (90 s); measured on 2 quiet cores
+# with torch 2.14.1, the groups' stages take about 10-45 s and 15-55 s one at a time.
 #
 #   stage            GPU  dry  what
 #   setup             20    0  the wheel bundle into /tmp/site (below; the dry run has none)
-#   speed-2d          50   20  5 zoo models, eager fp32, 96x96 batch 128, train + infer img/s,
+#   speed-2d          50  (40) 5 zoo models, eager fp32, 96x96 batch 128, train + infer img/s,
 #                              peak GB, compiled / hand-written: 2 steps x 3 reps + 1 warm-up
 #                              + 2 memory steps = 9 train and 9 infer steps a kind; UNet 3+
 #                              (160 / 389 img/s in REFERENCE.md) 18 x 0.8 s + 18 x 0.33 s = 20
 #                              s, UNet# 15, UNet++ 5, WUNet 3, UNet 2, start-up 5: about 50
-#   table1           220   50  16 trials (unet, wunet: DS off; unetpp, unet3p, unetsharp: off
+#   table1           220   80  16 trials (unet, wunet: DS off; unetpp, unet3p, unetsharp: off
 #                              and on; x nuclei2d, liver2d), --budget short --epochs 10 (272
 #                              train images, batch 16: 170 steps), 4 at a time at 0.25 GPU:
 #                              a trial ~12 s fixed (worker start, CUDA, data, 200 test images,
 #                              pruning levels) + 170 steps x <= 0.15 s sharing the GPU = ~38 s,
 #                              4 waves = ~150 s, + Ray start and the datasets' generation ~20 s
 #                              = ~170 s expected, stopped at 220 (about 4 minutes in all)
-#     compile-warm  (220) (50) beside table1, +0: bench speed --compile-only --fast, UNet# 2D,
+#     compile-warm  (220) (80) beside table1, +0: bench speed --compile-only --fast, UNet# 2D,
 #                              UNet# 3D, then the other four: torch.compile's on-disk caches
 #                              (FX graph, AOT autograd, Triton) for the stages below
-#     fast-path     (220) (50) beside table1, +0: CUDA graphs, bf16, channels_last, compile,
+#     fast-path     (220) (80) beside table1, +0: CUDA graphs, bf16, channels_last, compile,
 #                              all parts, a train step, the trainer with fast: on; vs eager
-#   speed-2d-fast     75   15  bench speed --fast, UNet# first: with warm caches ~5-10 s of
+#   speed-2d-fast     75  (40) bench speed --fast, UNet# first: with warm caches ~5-10 s of
 #                              tracing and capture a kind, then timing; what is not reached by
 #                              75 s is listed as not measured
-#   speed-3d          15   12  UNet# (V-Net# widths) 64^3 batch 4, eager
-#   speed-3d-fast     30   12  the same with --fast
-#   trials-per-hour   55   60  4 UNet# trials (short, 2 epochs, 64 images) one at a time
+#   speed-3d          15  (45) UNet# (V-Net# widths) 64^3 batch 4, eager
+#   speed-3d-fast     30  (45) the same with --fast
+#   trials-per-hour   55   90  4 UNet# trials (short, 2 epochs, 64 images) one at a time
 #                              (4 x ~9 s) then 4 sharing at 0.25 GPU (~12 s), Ray start ~8 s
 #   summary           10    5  summary.md from the stages' files
-#   total            475  174  <= 480 s (8 minutes) on a GPU, <= 180 s (3 minutes) dry
+#   total            475  175  <= 480 s (8 minutes) on a GPU, <= 180 s (3 minutes) dry
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)

@@ -296,3 +296,7 @@ def test_longest_first_groups_by_dataset_heaviest_first():
     assert datasets == ["liver2d"] * 5 + ["nuclei2d"] * 5
     models = [t.config["model"] for t in order[:5]]
     assert models[:2] == ["unet3p", "unet3p"] and models[-1] == "unet"
+    # one at a time (the local backend): grouped by dataset, the plan's order within it
+    plain = runner.longest_first(trials, by_cost=False)
+    assert [t.key for t in plain] == [t.key for t in trials if t.config["dataset"] == "liver2d"] \
+        + [t.key for t in trials if t.config["dataset"] == "nuclei2d"]

@@ -28,9 +28,11 @@ def test_budgets_fit_in_8_minutes_and_the_dry_run_in_3():
     assert gpu["total"] <= 480 == gs.TOTAL_S and dry["total"] <= 180 == gs.DRY_TOTAL_S
     # a stage beside another costs no wall time, and has no longer limit than it
     for s in gs.STAGES:
-        if s.beside:
-            host = next(h for h in gs.STAGES if h.name == s.beside)
-            assert s.name not in gpu and s.gpu_s <= host.gpu_s and s.dry_s <= host.dry_s
+        for is_dry, budget in ((False, gpu), (True, dry)):
+            if s.host(is_dry):
+                host = next(h for h in gs.STAGES if h.name == s.host(is_dry))
+                assert host.host(is_dry) is None  # one level: a host runs alone
+                assert s.name not in budget and s.budget(is_dry) <= host.budget(is_dry)
     assert set(gs.plan(gs.Config(Path("/o"), False, "cuda", None))) == {s.name for s in gs.STAGES}
     assert set(gs.OUTPUTS) == {s.name for s in gs.STAGES}
 

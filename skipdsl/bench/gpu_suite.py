@@ -26,6 +26,10 @@ arithmetic, and tests/test_gpu_suite.py checks that it matches these numbers):
 - ``summary``: ``summary.md``, every figure beside REFERENCE.md section 3 and the targets
   (UNet# fast >= 1,000 train img/s, >= 8,000 infer img/s, <= 12 GB).
 
+The dry run (toy sizes on CPU, where nothing is timed) runs the same stages in two groups
+(:attr:`Stage.dry_beside`): the 2D speed stages, ``compile-warm`` and ``fast-path`` beside
+``table1``, the 3D speed stages beside ``trials-per-hour``, so that both cores stay busy.
+
 Each stage runs its commands as child processes in a process group of its own, under its time
 limit: 5 s before the limit (a fifth of it for limits under 25 s) the group gets SIGINT, at the
 limit SIGKILL (Ray's processes and the compiler's workers with it); stopping the suite ends the
@@ -97,24 +101,35 @@ class Stage:
     dry_s: float  # its limit in the CPU dry run
     what: str
     beside: str | None = None  # runs side by side with that stage, within its limit
+    #: the dry run's grouping, where it differs: toy-size stages time nothing, so the dry run
+    #: packs them into two groups that keep both CPU cores busy (each stage's own process
+    #: spends most of its seconds importing torch and MONAI on one core)
+    dry_beside: str | None = None
 
     def budget(self, dry: bool) -> float:
         return self.dry_s if dry else self.gpu_s
 
+    def host(self, dry: bool) -> str | None:
+        """The stage this one runs beside (None: it runs alone, or hosts others)."""
+        return (self.dry_beside or self.beside) if dry else self.beside
+
 
 STAGES: tuple[Stage, ...] = (
-    Stage("speed-2d", 50, 20, "bench speed, 5 zoo models, eager fp32, 2D 96x96 batch 128"),
-    Stage("table1", 220, 50, "bench run: 5 models x nuclei2d, liver2d x DS off/on, 1 seed, "
+    Stage("speed-2d", 50, 40, "bench speed, 5 zoo models, eager fp32, 2D 96x96 batch 128",
+          dry_beside="table1"),
+    Stage("table1", 220, 80, "bench run: 5 models x nuclei2d, liver2d x DS off/on, 1 seed, "
           "Ray, 0.25 GPU a trial"),
-    Stage("compile-warm", 220, 50, "bench speed --compile-only --fast: torch.compile's caches "
+    Stage("compile-warm", 220, 80, "bench speed --compile-only --fast: torch.compile's caches "
           "for the fast stages", beside="table1"),
-    Stage("fast-path", 220, 50, "CUDA graphs, bf16, channels_last, compile, a train step and "
+    Stage("fast-path", 220, 80, "CUDA graphs, bf16, channels_last, compile, a train step and "
           "the trainer vs eager fp32", beside="table1"),
-    Stage("speed-2d-fast", 75, 15, "bench speed --fast (bf16, channels_last, compile, CUDA "
-          "graphs), 5 models, 2D"),
-    Stage("speed-3d", 15, 12, "bench speed --dims 3, UNet# (V-Net# widths), 64^3 batch 4"),
-    Stage("speed-3d-fast", 30, 12, "bench speed --dims 3 --fast, UNet#"),
-    Stage("trials-per-hour", 55, 60, "4 UNet# trials one at a time vs 4 sharing the GPU, Ray"),
+    Stage("speed-2d-fast", 75, 40, "bench speed --fast (bf16, channels_last, compile, CUDA "
+          "graphs), 5 models, 2D", dry_beside="table1"),
+    Stage("speed-3d", 15, 45, "bench speed --dims 3, UNet# (V-Net# widths), 64^3 batch 4",
+          dry_beside="trials-per-hour"),
+    Stage("speed-3d-fast", 30, 45, "bench speed --dims 3 --fast, UNet#",
+          dry_beside="trials-per-hour"),
+    Stage("trials-per-hour", 55, 90, "4 UNet# trials one at a time vs 4 sharing the GPU, Ray"),
 )
 
 
@@ -123,7 +138,7 @@ def wall_budget(dry: bool = False) -> dict[str, float]:
     and their total."""
     key = "dry" if dry else "gpu"
     parts = {"setup": SETUP_S[key]}
-    parts.update({s.name: s.budget(dry) for s in STAGES if s.beside is None})
+    parts.update({s.name: s.budget(dry) for s in STAGES if s.host(dry) is None})
     parts["summary"] = SUMMARY_S[key]
     parts["total"] = sum(parts.values())
     return parts
@@ -156,8 +171,8 @@ def _speed(cfg: Config, name: str, *, fast: bool, dims: int = 2,
     models = models or (DRY_MODELS["speed"] if cfg.dry else MODELS)
     if cfg.dry:
         shape = ["--size", "16", "--batch", "2",
-                 "--widths", "4,8,16,32,64", "--iters", "1", "--reps", "1", "--warmup", "1",
-                 "--threads", "1"]
+                 "--widths", "4,8,16,32,64" if dims == 2 else "2,4,8,16,32",
+                 "--iters", "1", "--reps", "1", "--warmup", "1", "--threads", "1"]
         # bare --fast on CPU would compile (30-90 s a model there): the CUDA-only parts are
         # named, and skipped with their reason, so the fast path's bookkeeping runs
         fast_args = ["--fast", "bf16,channels_last,cuda_graphs"]
@@ -410,7 +425,7 @@ def run_suite(cfg: Config, *, only: Sequence[str] | None, limits: dict[str, floa
     lines = [f"# {command}", f"# in {cwd}, with {' '.join(set_vars)}"]
     for s in selected:
         limit = limits[s.name]
-        where = f", beside {s.beside}" if s.beside else ""
+        where = f", beside {s.host(cfg.dry)}" if s.host(cfg.dry) else ""
         if s.name == "compile-warm" and not cfg.dry:
             # leave cores to the trials beside it: the compiler's workers take every core
             where += ", " + " ".join(f"{k}={v}" for k, v in warm_env.items())
@@ -419,9 +434,9 @@ def run_suite(cfg: Config, *, only: Sequence[str] | None, limits: dict[str, floa
     (out / "commands.sh").write_text("\n".join(lines) + "\n")
 
     for s in selected:
-        if s.beside and any(p.name == s.beside for p in selected):
+        if s.host(cfg.dry) and any(p.name == s.host(cfg.dry) for p in selected):
             continue  # started with the stage it sits beside
-        group = [s] + [b for b in selected if b.beside == s.name]
+        group = [s] + [b for b in selected if b.host(cfg.dry) == s.name]
         left = deadline - time.time()
         threads = []
         for st in group:
@@ -642,7 +657,7 @@ def summary_markdown(out: Path, suite: dict, info: dict[str, str]) -> str:
              "- " + "; ".join(f"{k} {v}" for k, v in info.items()), "",
              "## Stages", ""]
     lines += md_table(["stage", "what", "limit s", "wall s", "status", "outputs"], [
-        [s.name, s.what + (f" (beside {s.beside})" if s.beside else ""),
+        [s.name, s.what + (f" (beside {s.host(dry)})" if s.host(dry) else ""),
          f"{stages[s.name]['limit_s']:.0f}", f"{stages[s.name]['wall_s']:.0f}",
          Outcome(**stages[s.name]).label(), ", ".join(stages[s.name]["outputs"]) or "-"]
         for s in STAGES])

@@ -159,16 +159,18 @@ def _cost(config: dict[str, Any], cache: dict) -> float:
     return cache[key] * epochs * n * (8.0 if is3d else 1.0)
 
 
-def longest_first(trials: Sequence[Trial]) -> list[Trial]:
+def longest_first(trials: Sequence[Trial], *, by_cost: bool = True) -> list[Trial]:
     """``trials`` grouped by dataset (in the order the datasets first appear, so that each
     dataset's comparison completes as early as it can), the most costly first within a dataset:
     the longest-processing-time rule, which keeps every CPU busy until the end of the group
-    instead of leaving one long trial running alone."""
+    instead of leaving one long trial running alone. ``by_cost=False`` keeps the plan's order
+    within a dataset (trials run one at a time: the order does not change the wall time, and
+    the cost estimate, a FLOP count of every model, is not worth its seconds)."""
     cache: dict = {}
     first = {}
     for i, t in enumerate(trials):
         first.setdefault(t.config["dataset"], i)
-    cost = {t.key: _cost(t.config, cache) for t in trials}
+    cost = {t.key: _cost(t.config, cache) if by_cost else 0.0 for t in trials}
     return sorted(trials, key=lambda t: (first[t.config["dataset"]], -cost[t.key]))
 
 
@@ -312,7 +314,8 @@ def run_sweep(
     t0 = time.perf_counter()
     done = store.finished(out)
     skip = {k for k, s in done.items() if s == "ok" or not retry_failed}
-    pending = longest_first([t for t in trials if t.key not in skip])
+    pending = longest_first([t for t in trials if t.key not in skip],
+                            by_cost=backend == "ray")  # one at a time: order is free
     summary = SweepSummary(planned=len(trials), skipped=[t.key for t in trials if t.key in skip])
     threads = max(1, int(math.ceil(cpus_per_trial)))
     for t in pending:

@@ -320,11 +320,14 @@ def ranking(cases, dataset: str, metric: str = "iou", pairs=None, n_boot: int = 
     rows = []
     for idx in order:
         c = configs[idx]
+        col = boot[:, idx][np.isfinite(boot[:, idx])]  # empty: no bootstrap (one config/case)
         rows.append({"config": c, "rank": int(full[idx]), "group": groups[c], "wins": wins[c],
                      "mean": float(means[idx]),
-                     "rank_lo": float(np.nanpercentile(boot[:, idx], 2.5, method="lower")),
-                     "rank_median": float(np.nanmedian(boot[:, idx])),
-                     "rank_hi": float(np.nanpercentile(boot[:, idx], 97.5, method="higher"))})
+                     "rank_lo": float(np.percentile(col, 2.5, method="lower")) if len(col)
+                     else math.nan,
+                     "rank_median": float(np.median(col)) if len(col) else math.nan,
+                     "rank_hi": float(np.percentile(col, 97.5, method="higher")) if len(col)
+                     else math.nan})
     t = np.asarray(taus)
     stability = {"tau_median": float(np.median(t)) if len(t) else math.nan,
                  "tau_lo": float(np.percentile(t, 2.5)) if len(t) else math.nan,
