@@ -21,9 +21,8 @@ from torch.fx.graph_module import _copy_attr
 
 from .errors import SpecError
 from .graph import INPUT, build_graph, topo_order
-from .heads import CGMS, CGMGate, head_conv
-from .layers import (BLOCKS, ConvNormAct, avg_pool_fn, conv_cls, conv_transpose_cls, init_he,
-                     linear_mode, max_pool_fn)
+from .heads import CGMS, HEADS, CGMGate
+from .layers import BLOCKS, RESAMPLERS, ConvNormAct, channel_dropout, init_he, linear_mode
 from .spec import Head, Spec, load
 
 
@@ -44,7 +43,8 @@ def check_input(x: torch.Tensor, multiple: int, channels: int, name: str) -> tor
 
 
 class _EdgeOps(nn.Module):
-    """An edge's learnable parts: ``resample`` (strided/transposed conv) and ``project``."""
+    """An edge's modules: ``dropout``, ``resample`` (a learnable resampling: strided or
+    transposed conv) and ``project``, applied in that order."""
 
 
 def _interp_kwargs(op: str, factor: float, align: bool, dims: int) -> dict[str, Any]:
@@ -83,22 +83,24 @@ def _build_modules(spec: Spec, dag: nx.DiGraph, heads: list[Head], use_cgm: bool
         ops = _EdgeOps()
         c = d["src_channels"]
         k = int(round(max(d["factor"], 1 / d["factor"])))
-        if d["op"] == "conv":
-            ops.resample = conv_cls(dims)(c, c, k, stride=k)
-        elif d["op"] == "transposed":
-            ops.resample = conv_transpose_cls(dims)(c, c, k, stride=k)
+        if d.get("dropout"):
+            ops.dropout = channel_dropout(d["dropout"], dims)
+        if d["op"] != "identity" and RESAMPLERS.get(d["op"]).learnable:
+            opts = {key: val for key, val in (d["resample"] or {}).items() if key != "channels"}
+            ops.resample = RESAMPLERS.get(d["op"]).build(c, d["resampled"], k, dims, **opts)
         if d["project"]:
             p = d["project"]
             blk = dag.nodes[v]["block"]
-            ops.project = ConvNormAct(c, p["channels"], dims=dims, kernel=p["kernel"],
-                                      norm=p["norm"] or blk["norm"], act=p["act"] or blk["act"],
-                                      bias=blk["bias"])
+            ops.project = ConvNormAct(d["resampled"], p["channels"], dims=dims,
+                                      kernel=p["kernel"], norm=p["norm"] or blk["norm"],
+                                      act=p["act"] or blk["act"], bias=blk["bias"])
         if len(ops._modules):
             edges[f"{u}__{v}"] = ops
     if len(edges):
         root.edges = edges
     root.heads = nn.ModuleDict({
-        h.node: head_conv(dag.nodes[h.node]["width"], spec.num_classes, h.kernel, dims)
+        h.node: HEADS.get(h.type or "conv")(dag.nodes[h.node]["width"], spec.num_classes,
+                                            h.kernel, dims, block=dag.nodes[h.node]["block"])
         for h in heads
     })
     if use_cgm:
@@ -127,23 +129,22 @@ def _emit_node(graph: fx.Graph, spec: Spec, dag: nx.DiGraph, v: str,
     for u, _, d in sorted(dag.in_edges(v, data=True), key=lambda e: e[2]["order"]):
         t = values[u]
         eid = f"{u}__{v}"
-        if d["op"] in ("conv", "transposed"):
+        mods = getattr(edge_mods, eid, None)
+        if hasattr(mods, "dropout"):
+            t = graph.create_node("call_module", f"edges.{eid}.dropout", (t,), name=f"{eid}_drop")
+        if hasattr(mods, "resample"):
             t = graph.create_node("call_module", f"edges.{eid}.resample", (t,), name=f"{eid}_rs")
         elif d["op"] != "identity":
-            key = (u, d["op"], d["factor"], d["align_corners"])
-            if key not in shared:  # a stateless resampling used by several edges: emitted once
-                if d["factor"] > 1:
-                    kw = _interp_kwargs(d["op"], d["factor"], d["align_corners"], dims)
-                    shared[key] = graph.create_node("call_function", F.interpolate, (t,), kw,
-                                                    name=f"{u}_up{int(d['factor'])}")
-                else:
-                    k = int(round(1 / d["factor"]))
-                    fn = max_pool_fn(dims) if d["op"] == "maxpool" else avg_pool_fn(dims)
-                    shared[key] = graph.create_node("call_function", fn, (t,),
-                                                    {"kernel_size": k, "stride": k},
-                                                    name=f"{u}_{d['op']}{k}")
+            # a stateless resampling used by several edges is emitted once (not after dropout)
+            key = (u if t is values[u] else eid, d["op"], d["factor"], d["align_corners"])
+            if key not in shared:
+                fn, kw = RESAMPLERS.get(d["op"]).fn(dims, d["factor"], d["align_corners"])
+                label = (f"up{int(d['factor'])}" if d["factor"] > 1
+                         else f"{d['op']}{int(round(1 / d['factor']))}")
+                shared[key] = graph.create_node("call_function", fn, (t,), kw,
+                                                name=f"{key[0]}_{label}")
             t = shared[key]
-        if hasattr(getattr(edge_mods, eid, None), "project"):
+        if hasattr(mods, "project"):
             t = graph.create_node("call_module", f"edges.{eid}.project", (t,), name=eid)
         parts.append(t)
     if len(parts) == 1:

@@ -7,8 +7,10 @@ picture all read this graph.
 Node attributes: ``level, column, kind ('input'|'encoder'|'decoder'), in_channels, width,
 aggregate, block (dict), scale (2**level)``. Edge attributes: ``kind, factor`` (> 1 upsamples,
 < 1 downsamples, 1 keeps), ``op`` (identity | maxpool | avgpool | conv | bilinear | nearest |
-transposed), ``align_corners``, ``project`` (dict or None), ``src_channels``, ``channels``
-(what the edge delivers), ``order`` (concatenation position).
+transposed, or any other resampling registry entry), ``align_corners``, ``resample`` (dict of a
+learnable resampling's ``channels``/``norm``/``act``/``bias``, or None), ``dropout``,
+``project`` (dict or None), ``src_channels``, ``resampled`` (channels after the resampling),
+``channels`` (what the edge delivers), ``order`` (concatenation position).
 """
 from __future__ import annotations
 
@@ -18,7 +20,8 @@ from typing import Any, Iterable
 import networkx as nx
 
 from .errors import SpecError, did_you_mean
-from .layers import ACTS, BLOCKS, NORMS
+from .layers import ACTS, BLOCKS, NORMS, RESAMPLERS
+from .heads import HEADS
 from .spec import Edge, EdgeRule, Head, Resample, Spec, load, node_id, parse_node
 
 INPUT = "input"
@@ -88,7 +91,8 @@ def _merged_block(spec: Spec, name: str, kind: str) -> dict[str, Any]:
                 raise SpecError(f"unknown block key '{k}'", file=spec.source, node=name,
                                 hint=did_you_mean(k, block))
             block.update(cfg.block)
-    return block
+    # options that no one set are left out: the blocks' own defaults apply, hashes are stable
+    return {k: v for k, v in block.items() if v is not None}
 
 
 def _node_setting(spec: Spec, name: str, kind: str, key: str):
@@ -125,12 +129,13 @@ def build_graph(spec: "Spec | str") -> nx.DiGraph:
         g.add_node(name, level=i, column=j, kind=kind, block=block, scale=2**i,
                    aggregate=_node_setting(spec, name, kind, "aggregate") or spec.defaults.aggregate,
                    width_cfg=_node_setting(spec, name, kind, "width") or widths[i],
-                   checkpoint=bool(_node_setting(spec, name, kind, "checkpoint")))
+                   checkpoint=bool(_node_setting(spec, name, kind, "checkpoint")),
+                   order=_node_setting(spec, name, kind, "order") or "shallow_first")
 
     default_rs = spec.defaults.resample
 
     def add_edge(a: tuple[int, int] | str, b: tuple[int, int], kind: str, rs: Resample | None,
-                 project, scale: float | None = None) -> None:
+                 project, scale: float | None = None, dropout: float | None = None) -> None:
         u = a if isinstance(a, str) else node_id(*a)
         v = node_id(*b)
         if g.has_edge(u, v):
@@ -146,9 +151,24 @@ def build_graph(spec: "Spec | str") -> nx.DiGraph:
                             found=f"scale {scale:g}", hint="drop 'scale' or connect other levels")
         rs = rs or default_rs
         op = "identity" if factor == 1 else (rs.up if factor > 1 else rs.down)
+        extra = {k: getattr(rs, k) for k in ("channels", "norm", "act", "bias")
+                 if getattr(rs, k) is not None}
+        learned = None
+        if op != "identity" and RESAMPLERS.get(op).learnable:
+            learned = extra
+            if extra.get("channels") == "level":
+                learned = {**extra, "channels": widths[b[0]]}
+            for key, reg in (("norm", NORMS), ("act", ACTS)):
+                if key in extra and extra[key] not in reg:
+                    raise SpecError(f"unknown {reg.kind} '{extra[key]}' in the resampling",
+                                    file=src, edge=(u, v), hint=did_you_mean(extra[key], reg))
+        elif op != "identity" and extra:
+            raise SpecError(f"'{op}' has no weights: resample options {sorted(extra)} need a "
+                            "learnable resampling", file=src, edge=(u, v),
+                            hint="use 'conv' (down) or 'transposed' (up), or drop them")
         proj = project.model_dump() if project is not None else None
         g.add_edge(u, v, kind=kind, factor=factor, op=op, align_corners=rs.align_corners,
-                   project=proj)
+                   resample=learned or None, dropout=dropout or None, project=proj)
 
     add_edge(INPUT, (0, 0), "input", None, None)
     for i in range(1, depth):
@@ -161,7 +181,7 @@ def build_graph(spec: "Spec | str") -> nx.DiGraph:
                 targets = [_parse_in_grid(spec, t, where=f"rule {e.rule}: to") for t in e.to]
             for i, j in targets:
                 for s in _rule_sources(e.rule, i, j, nodes, depth, e.min_k, e.max_k):
-                    add_edge(s, (i, j), e.rule, e.resample, e.project)
+                    add_edge(s, (i, j), e.rule, e.resample, e.project, dropout=e.dropout)
         else:
             a = _parse_in_grid(spec, e.src, where="edge 'from'")
             b = _parse_in_grid(spec, e.dst, where="edge 'to'")
@@ -173,7 +193,7 @@ def build_graph(spec: "Spec | str") -> nx.DiGraph:
             if b[1] == 0:
                 raise SpecError("edges into encoder nodes are fixed (x_<i-1>_0 -> x_<i>_0)",
                                 file=src, edge=(e.src, e.dst), hint="connect to a decoder node")
-            add_edge(a, b, "explicit", e.resample, e.project, e.scale)
+            add_edge(a, b, "explicit", e.resample, e.project, e.scale, e.dropout)
 
     _validate(spec, g)
     _derive_channels(spec, g)
@@ -191,6 +211,9 @@ def _validate(spec: Spec, g: nx.DiGraph) -> None:
         raise SpecError(f"the edges form a cycle: {path}", file=src, edge=tuple(cycle[-1][:2]),
                         hint="remove one of these edges; data must flow from the input to a head")
     for h in spec.heads:
+        if h.type is not None and h.type not in HEADS:
+            raise SpecError(f"unknown head type '{h.type}'", file=src, node=h.node,
+                            hint=did_you_mean(h.type, HEADS))
         if h.node not in g:
             _parse_in_grid(spec, h.node, where="heads")
             raise SpecError("a head sits on a node that the spec does not have", file=src,
@@ -217,13 +240,16 @@ def _derive_channels(spec: Spec, g: nx.DiGraph) -> None:
     for n in nx.topological_sort(g):
         if n == INPUT:
             continue
+        deep = g.nodes[n].get("order") == "deep_first"
         ins = sorted(g.in_edges(n, data=True),
-                     key=lambda e: (g.nodes[e[0]]["level"], g.nodes[e[0]]["column"]))
+                     key=lambda e: ((-1 if deep else 1) * g.nodes[e[0]]["level"],
+                                    g.nodes[e[0]]["column"]))
         chans = []
         for k, (u, _, d) in enumerate(ins):
             d["order"] = k
             d["src_channels"] = g.nodes[u]["width"]
-            d["channels"] = d["project"]["channels"] if d["project"] else d["src_channels"]
+            d["resampled"] = (d["resample"] or {}).get("channels", d["src_channels"])
+            d["channels"] = d["project"]["channels"] if d["project"] else d["resampled"]
             chans.append(d["channels"])
         nd = g.nodes[n]
         if nd["aggregate"] == "sum" and len(set(chans)) > 1:
@@ -253,9 +279,12 @@ def canonical_hash(g: nx.DiGraph, heads: Iterable[str] = ()) -> str:
     for n in sorted(g.nodes):
         d = g.nodes[n]
         blk = sorted(d.get("block", {}).items())
-        parts.append(f"N{n}:{d['width']}:{d.get('aggregate')}:{blk}")
+        order = "" if d.get("order", "shallow_first") == "shallow_first" else f":{d['order']}"
+        parts.append(f"N{n}:{d['width']}:{d.get('aggregate')}:{blk}{order}")
     for u, v in sorted(g.edges):
         d = g.edges[u, v]
-        parts.append(f"E{u}>{v}:{d['op']}:{d['align_corners']}:{sorted((d['project'] or {}).items())}")
+        extra = "".join(f":{k}={d[k]}" for k in ("resample", "dropout") if d.get(k))
+        parts.append(f"E{u}>{v}:{d['op']}:{d['align_corners']}:"
+                     f"{sorted((d['project'] or {}).items())}{extra}")
     parts += [f"H{h}" for h in sorted(heads)]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]

@@ -42,12 +42,45 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=False, populate_by_name=True)
 
 
-class Resample(_Model):
-    """How an edge changes scale: ``down`` when the source is shallower, ``up`` when deeper."""
+def _check_resampler(v: str, direction: str) -> str:
+    from .layers import resampler_names  # the resampling registry (imports torch)
 
-    down: Literal["maxpool", "avgpool", "conv"] = "maxpool"
-    up: Literal["bilinear", "nearest", "transposed"] = "bilinear"
+    names = resampler_names(direction)
+    if v not in names:
+        raise ValueError(f"unknown {direction} resampling '{v}'; {did_you_mean(v, names)}")
+    return v
+
+
+class Resample(_Model):
+    """How an edge changes scale: ``down`` when the source is shallower, ``up`` when deeper
+    (names from the resampling registry, ``skipdsl.layers.RESAMPLERS``). A learnable one
+    (``conv``, ``transposed``) can change the channels (``channels``: an int, or ``level`` =
+    the target level's grid width) and be followed by ``norm`` and ``act`` (V-Net)."""
+
+    down: str = "maxpool"
+    up: str = "bilinear"
     align_corners: bool = True
+    channels: int | Literal["level"] | None = None
+    norm: str | None = None
+    act: str | None = None
+    bias: bool | None = None  # learnable resamplings: conv bias (default true)
+
+    @field_validator("down")
+    @classmethod
+    def _down(cls, v: str) -> str:
+        return _check_resampler(v, "down")
+
+    @field_validator("up")
+    @classmethod
+    def _up(cls, v: str) -> str:
+        return _check_resampler(v, "up")
+
+    @field_validator("channels")
+    @classmethod
+    def _channels(cls, v):
+        if isinstance(v, int) and v <= 0:
+            raise ValueError("channels must be > 0")
+        return v
 
 
 class Project(_Model):
@@ -69,6 +102,7 @@ class Block(_Model):
     act: str = "relu"
     bias: bool = True
     residual: bool = False
+    dropout: float | None = Field(None, ge=0, lt=1)  # blocks that have one (vnet): channel dropout
 
 
 class NodeConfig(_Model):
@@ -78,6 +112,9 @@ class NodeConfig(_Model):
     block: dict[str, Any] | None = None
     aggregate: Literal["concat", "sum"] | None = None
     checkpoint: bool | None = None  # recompute this node (resampling, concat, block) in backward
+    # concatenation order of the inputs: shallow_first (default: by source level, column) or
+    # deep_first (the upsampled deeper input first, as V-Net's cat(up, skip))
+    order: Literal["shallow_first", "deep_first"] | None = None
 
     @field_validator("width")
     @classmethod
@@ -96,6 +133,7 @@ class EdgeRule(_Model):
     to: list[str] | None = None
     resample: Resample | None = None
     project: Project | None = None
+    dropout: float | None = Field(None, ge=0, lt=1)  # channel dropout before the resampling
 
     @model_validator(mode="before")
     @classmethod
@@ -118,6 +156,7 @@ class Edge(_Model):
     scale: float | None = None
     resample: Resample | None = None
     project: Project | None = None
+    dropout: float | None = Field(None, ge=0, lt=1)
 
 
 def _edge_kind(v: Any) -> str:
@@ -137,6 +176,7 @@ class Head(_Model):
     the node's size (the loss then pools the ground truth down)."""
 
     node: str
+    type: str | None = None  # head registry (skipdsl.heads.HEADS): conv (default), vnet_output
     kernel: int = Field(1, gt=0)
     main: bool = False
     match: Literal["upsample", "pool"] = "upsample"
