@@ -112,9 +112,9 @@ def cmd_list(args) -> int:
     from .compiler import compile as compile_
 
     t = Table(title="zoo")
-    for col in ("name", "params (3 -> 1)", "description"):
+    for col in ("name", "params (spec's channels)", "description"):
         t.add_column(col)
-    for name in list_models():
+    for name in list_models(dims=None):
         s = load(name)
         n = sum(p.numel() for p in compile_(s).parameters())
         t.add_row(name, f"{n:,}", s.description)

@@ -259,7 +259,12 @@ def _derive_channels(spec: Spec, g: nx.DiGraph) -> None:
                             hint="add 'project: {channels: C}' to its edges or use 'concat'")
         nd["in_channels"] = sum(chans) if nd["aggregate"] == "concat" else chans[0]
         w = nd.pop("width_cfg")
-        nd["width"] = nd["in_channels"] if w == "concat" else int(w)
+        if w == "concat":
+            nd["width"] = nd["in_channels"]
+        elif isinstance(w, str):  # 'x2': a multiple of the level's grid width
+            nd["width"] = max(1, int(round(spec.widths[nd["level"]] * float(w[1:]))))
+        else:
+            nd["width"] = int(w)
         if nd["block"]["type"] == "identity" and nd["width"] != nd["in_channels"]:
             raise SpecError("an identity block cannot change the channels", file=src, node=n,
                             expected=nd["in_channels"], found=nd["width"],

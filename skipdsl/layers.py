@@ -185,17 +185,20 @@ class VNetStage(nn.Module):
     """A V-Net residual stage (Milletari et al. 2016; MONAI's ``LUConv`` stack): ``repeats``
     units of conv k x k -> norm -> act, the input added back, then act:
     ``act(units(dropout(x)) + x)``. The dropout (channel dropout, training only) applies to
-    the units' input, not to the shortcut, as in MONAI's ``DownTransition``."""
+    the units' input, not to the shortcut, as in MONAI's ``DownTransition``. Where the width
+    differs from the incoming channels (the ++/3+/# skip schemes on V-Net stages) the first
+    unit changes the channels and the shortcut is a 1x1 conv + norm (ResNet's projection)."""
 
     def __init__(self, units: list[nn.Module], act: nn.Module, dropout: float | None,
-                 dims: int) -> None:
+                 dims: int, shortcut: nn.Module | None = None) -> None:
         super().__init__()
         self.dropout = channel_dropout(dropout, dims) if dropout else nn.Identity()
         self.units = nn.Sequential(*units)
+        self.shortcut = shortcut if shortcut is not None else nn.Identity()
         self.act = act
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.units(self.dropout(x)) + x)
+        return self.act(self.units(self.dropout(x)) + self.shortcut(x))
 
 
 @BLOCKS.register("vnet", "vnet_stage")
@@ -212,17 +215,18 @@ def vnet_stage(
     dropout: float | None = None,
     **_: object,
 ) -> nn.Module:
-    """V-Net's residual stage (see :class:`VNetStage`). The shortcut is the identity, so the
-    node's width must equal its incoming channels: give the node ``width: concat``, or let
-    the edges deliver the width (``resample: {channels: level}``). The stage is residual by
-    definition: the block option ``residual`` (a conv-block option) does not apply."""
+    """V-Net's residual stage (see :class:`VNetStage`). As in V-Net, the shortcut is the
+    identity when the node's width equals its incoming channels (``width: concat``, or edges
+    that deliver the width with ``resample: {channels: level}``); otherwise it is a 1x1 conv
+    + norm. The stage is residual by definition: the conv-block option ``residual`` does not
+    apply to it."""
+    units = [ConvNormAct(in_channels if r == 0 else out_channels, out_channels, dims=dims,
+                         kernel=kernel, norm=norm, act=act, bias=bias) for r in range(repeats)]
+    shortcut = None
     if in_channels != out_channels:
-        raise ValueError(f"the V-Net stage adds its input back, so its width ({out_channels}) "
-                         f"must equal its incoming channels ({in_channels}); set 'width: "
-                         "concat' or 'resample: {channels: level}' on the edges into it")
-    units = [ConvNormAct(out_channels, out_channels, dims=dims, kernel=kernel, norm=norm,
-                         act=act, bias=bias) for _ in range(repeats)]
-    return VNetStage(units, make_act(act, out_channels), dropout, dims)
+        shortcut = nn.Sequential(conv_cls(dims)(in_channels, out_channels, 1, bias=bias),
+                                 NORMS.get(norm)(out_channels, dims))
+    return VNetStage(units, make_act(act, out_channels), dropout, dims, shortcut)
 
 
 class VNetInput(nn.Module):

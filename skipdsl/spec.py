@@ -106,9 +106,10 @@ class Block(_Model):
 
 
 class NodeConfig(_Model):
-    """Per-node settings; ``width: concat`` makes the width equal to the incoming channels."""
+    """Per-node settings; ``width: concat`` makes the width equal to the incoming channels,
+    ``width: x2`` twice the level's grid width (it follows ``widths`` overrides and scaling)."""
 
-    width: int | Literal["concat"] | None = None
+    width: int | Literal["concat"] | Annotated[str, Field(pattern=r"^x\d+(\.\d+)?$")] | None = None
     block: dict[str, Any] | None = None
     aggregate: Literal["concat", "sum"] | None = None
     checkpoint: bool | None = None  # recompute this node (resampling, concat, block) in backward
@@ -121,6 +122,8 @@ class NodeConfig(_Model):
     def _positive(cls, v):
         if isinstance(v, int) and v <= 0:
             raise ValueError("width must be > 0")
+        if isinstance(v, str) and v != "concat" and float(v[1:]) <= 0:
+            raise ValueError("a width multiplier must be > 0")
         return v
 
 
@@ -444,9 +447,15 @@ def zoo_dir():
     return resources.files("skipdsl") / "zoo"
 
 
-def list_models() -> list[str]:
-    """Names of the zoo specs shipped with the package."""
-    return sorted(p.name[:-5] for p in zoo_dir().iterdir() if p.name.endswith(".yaml"))
+def list_models(dims: int | None = 2) -> list[str]:
+    """Names of the zoo specs shipped with the package whose spec is ``dims``-D: 2 (the
+    default) is the UNet family that ``bench run --models all`` and the search use (each
+    also runs in 3D), 3 the V-Net family (3D-native), ``None`` all of them."""
+    names = sorted(p.name[:-5] for p in zoo_dir().iterdir() if p.name.endswith(".yaml"))
+    if dims is None:
+        return names
+    return [n for n in names
+            if (yaml.safe_load((zoo_dir() / f"{n}.yaml").read_text()) or {}).get("dims", 2) == dims]
 
 
 def resolve(name_or_path: str | Path) -> tuple[str, str]:

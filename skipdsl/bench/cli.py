@@ -174,7 +174,7 @@ def _cmd_list(a: argparse.Namespace) -> int:
     from skipdsl.data import list_datasets
 
     print("models:")
-    for m in skipdsl.list_models():
+    for m in skipdsl.list_models(dims=None):
         spec = skipdsl.load(m)
         print(f"  {m:<12} {spec.description}")
     from skipdsl.baselines import BASELINES
