@@ -279,7 +279,7 @@ class Checkpoint:
     @property
     def multiple(self) -> int:
         """Every spatial side of the network's input must be a multiple of this."""
-        return 2 ** (self.spec.depth - 1)
+        return self.spec.input_multiple
 
     def network(self, prune: int | None = None, cgm: bool | None = None, *,
                 normalise: bool = True) -> Inference:

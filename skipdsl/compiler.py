@@ -67,10 +67,18 @@ def _cgm_key(h: Head) -> str:
 def _build_modules(spec: Spec, dag: nx.DiGraph, heads: list[Head], use_cgm: bool) -> nn.Module:
     dims = spec.dims
     root = nn.Module()
+    encoder = None
+    if spec.encoder.backbone:  # the encoder column is a torchvision network's stages
+        from .backbones import BackboneEncoder
+
+        encoder = BackboneEncoder(spec.encoder.backbone, spec.in_channels, spec.depth)
     for n in topo_order(dag):
         if n == INPUT:
             continue
         d = dag.nodes[n]
+        if d["block"]["type"] == "backbone":
+            root.add_module(n, encoder.stages[d["block"]["stage"]])
+            continue
         kw = {k: v for k, v in d["block"].items() if k != "type"}
         try:
             block = BLOCKS.get(d["block"]["type"])(d["in_channels"], d["width"], dims=dims, **kw)
@@ -117,7 +125,7 @@ def _build_modules(spec: Spec, dag: nx.DiGraph, heads: list[Head], use_cgm: bool
                             hint="add 'cgm: unet3p|full|simple' to a head")
         root.cgm = cgm
         root.cgm_gate = CGMGate()
-    return root
+    return root, encoder
 
 
 def _emit_node(graph: fx.Graph, spec: Spec, dag: nx.DiGraph, v: str,
@@ -190,7 +198,7 @@ def _emit(spec: Spec, dag: nx.DiGraph, heads: list[Head], use_cgm: bool,
     dims = spec.dims
     graph = fx.Graph()
     x = graph.placeholder("x")
-    x = graph.call_function(check_input, (x, 2 ** (spec.depth - 1), spec.in_channels, spec.name))
+    x = graph.call_function(check_input, (x, spec.input_multiple, spec.in_channels, spec.name))
     values: dict[str, fx.Node] = {INPUT: x}
     shared: dict[tuple, fx.Node] = {}
     edge_mods = getattr(root, "edges", nn.Module())
@@ -216,11 +224,11 @@ def _emit(spec: Spec, dag: nx.DiGraph, heads: list[Head], use_cgm: bool,
     for h in heads:
         t = graph.create_node("call_module", f"heads.{h.node}", (values[h.node],),
                               name=f"head_{h.node}")
-        level = dag.nodes[h.node]["level"]
-        if h.match == "upsample" and level > 0:
+        scale = dag.nodes[h.node]["scale"]  # 2**level (2**(level+1) over a stride-2 stem)
+        if h.match == "upsample" and scale > 1:
             t = graph.create_node("call_function", F.interpolate, (t,),
-                                  _interp_kwargs("bilinear", 2**level, True, dims),
-                                  name=f"head_{h.node}_up{2**level}")
+                                  _interp_kwargs("bilinear", scale, True, dims),
+                                  name=f"head_{h.node}_up{scale}")
         if use_cgm and h.cgm:
             src = _cgm_key(h)
             if src not in cls:
@@ -267,6 +275,8 @@ def compile(
     deep_supervision: bool | None = None,
     cgm: bool | None = None,
     checkpoint: bool | None = None,
+    backbone: str | None = None,
+    weights: str | None = None,
 ) -> fx.GraphModule:
     """Compile a spec (zoo name, path or ``Spec``) into a PyTorch module.
 
@@ -276,9 +286,12 @@ def compile(
     logits when CGM is on; main head first). ``checkpoint=True`` recomputes every decoder
     node (its resampling, concatenation and block) in the backward pass instead of storing
     it: less activation memory for more compute (per node: ``checkpoint`` in the spec).
+    ``backbone`` (``vgg16_bn``, ``resnet34``, ``resnet50``, ``resnet101``) puts a torchvision
+    network's stages in the encoder column, ``weights`` (``none`` or a local file) sets its
+    weights (spec: ``encoder: {backbone, weights}``; :mod:`skipdsl.backbones`).
     """
-    spec = load(spec).replace(in_channels=in_channels, num_classes=num_classes, dims=dims,
-                              widths=widths, deep_supervision=deep_supervision, cgm=cgm)
+    spec = load(spec).with_backbone(backbone, weights).replace(in_channels=in_channels, num_classes=num_classes, dims=dims,
+                        widths=widths, deep_supervision=deep_supervision, cgm=cgm)
     if checkpoint is not None:
         data = spec.to_dict()
         data.setdefault("decoder", {})["checkpoint"] = checkpoint
@@ -286,9 +299,11 @@ def compile(
     dag = build_graph(spec)
     heads = _active_heads(spec, spec.deep_supervision)
     as_dict = spec.deep_supervision or spec.cgm
-    root = _build_modules(spec, dag, heads, spec.cgm)
+    root, encoder = _build_modules(spec, dag, heads, spec.cgm)
     if spec.init == "he":
         init_he(root)
+    if encoder is not None and spec.encoder.weights not in (None, "none"):
+        encoder.load(spec.encoder.weights, spec_file=spec.source)  # after init: kept as loaded
     graph = _emit(spec, dag, heads, spec.cgm, as_dict, root)
     return _finish(root, graph, spec, dag, heads, as_dict, spec.cgm)
 

@@ -5,7 +5,9 @@ projection. Channels and scales are derived here, once: the compiler, the CLI ta
 picture all read this graph.
 
 Node attributes: ``level, column, kind ('input'|'encoder'|'decoder'), in_channels, width,
-aggregate, block (dict), scale (2**level)``. Edge attributes: ``kind, factor`` (> 1 upsamples,
+aggregate, block (dict), scale (2**level; 2**(level+1) over a backbone with a stride-2 stem)``;
+over a backbone, encoder blocks are ``{type: backbone, backbone, stage}`` and the encoder's
+down edges have ``op: identity, in_block: True`` (the stage downsamples). Edge attributes: ``kind, factor`` (> 1 upsamples,
 < 1 downsamples, 1 keeps), ``op`` (identity | maxpool | avgpool | conv | bilinear | nearest |
 transposed, or any other resampling registry entry), ``align_corners``, ``resample`` (dict of a
 learnable resampling's ``channels``/``norm``/``act``/``bias``, or None), ``dropout``,
@@ -118,15 +120,29 @@ def build_graph(spec: "Spec | str") -> nx.DiGraph:
         if (i, j) not in nodes:
             raise SpecError("node_overrides names a node that the spec does not have",
                             file=src, node=name, hint=f"nodes are: {spec.nodes}")
+    backbone = spec.encoder.backbone
+    s0 = spec.first_scale_log2
     for i, j in pos:
         name = node_id(i, j)
         kind = "encoder" if j == 0 else "decoder"
+        if kind == "encoder" and backbone:
+            ov = spec.node_overrides.get(name)
+            if ov is not None and (ov.block or ov.width is not None):
+                raise SpecError("a backbone stage's layers and width are fixed", file=src,
+                                node=name, hint="drop its block/width override")
+            from .backbones import BACKBONES
+
+            g.add_node(name, level=i, column=j, kind=kind, scale=2 ** (i + s0),
+                       block={"type": "backbone", "backbone": backbone, "stage": i},
+                       aggregate="concat", checkpoint=False, order="shallow_first",
+                       width_cfg=BACKBONES.get(backbone).channels[i])
+            continue
         block = _merged_block(spec, name, kind)
         for reg, key in ((BLOCKS, "type"), (NORMS, "norm"), (ACTS, "act")):
             if block[key] not in reg:
                 raise SpecError(f"unknown {reg.kind} '{block[key]}'", file=src, node=name,
                                 hint=did_you_mean(block[key], reg))
-        g.add_node(name, level=i, column=j, kind=kind, block=block, scale=2**i,
+        g.add_node(name, level=i, column=j, kind=kind, block=block, scale=2 ** (i + s0),
                    aggregate=_node_setting(spec, name, kind, "aggregate") or spec.defaults.aggregate,
                    width_cfg=_node_setting(spec, name, kind, "width") or widths[i],
                    checkpoint=bool(_node_setting(spec, name, kind, "checkpoint")),
@@ -151,6 +167,10 @@ def build_graph(spec: "Spec | str") -> nx.DiGraph:
                             found=f"scale {scale:g}", hint="drop 'scale' or connect other levels")
         rs = rs or default_rs
         op = "identity" if factor == 1 else (rs.up if factor > 1 else rs.down)
+        if kind == "down" and backbone:  # the backbone stage downsamples itself
+            g.add_edge(u, v, kind=kind, factor=factor, op="identity", in_block=True,
+                       align_corners=rs.align_corners, resample=None, dropout=None, project=None)
+            return
         extra = {k: getattr(rs, k) for k in ("channels", "norm", "act", "bias")
                  if getattr(rs, k) is not None}
         learned = None

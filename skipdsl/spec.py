@@ -127,6 +127,30 @@ class NodeConfig(_Model):
         return v
 
 
+class EncoderConfig(NodeConfig):
+    """The encoder column's settings; ``backbone`` puts a torchvision network's stages there
+    (skipdsl.backbones), ``weights`` is ``none`` or the path of its state dict (local only)."""
+
+    backbone: str | None = None
+    weights: str | None = None
+
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, v):
+        from .backbones import BACKBONES
+
+        if v is not None and v not in BACKBONES:
+            raise ValueError(f"unknown backbone '{v}'; {did_you_mean(v, BACKBONES)}")
+        return v
+
+    @model_validator(mode="after")
+    def _weights_need_backbone(self):
+        if self.weights is not None and self.weights != "none" and self.backbone is None:
+            raise ValueError("encoder.weights needs encoder.backbone (weights load into a "
+                             "torchvision backbone)")
+        return self
+
+
 class EdgeRule(_Model):
     """A rule that adds edges into every decoder node it applies to."""
 
@@ -222,7 +246,7 @@ class Spec(_Model):
     grid: Grid
     nodes: Union[Literal["triangle", "diagonal"], list[str]] = "triangle"
     defaults: Defaults = Field(default_factory=Defaults)
-    encoder: NodeConfig = Field(default_factory=NodeConfig)
+    encoder: EncoderConfig = Field(default_factory=EncoderConfig)
     decoder: NodeConfig = Field(default_factory=NodeConfig)
     node_overrides: dict[str, NodeConfig] = Field(default_factory=dict)
     edges: list[AnyEdge] = Field(default_factory=list)
@@ -256,6 +280,19 @@ class Spec(_Model):
             raise ValueError("at least one head is needed, e.g. heads: [{node: x_0_4, main: true}]")
         if sum(h.main for h in self.heads) > 1:
             raise ValueError("more than one head has main: true; mark exactly one")
+        if self.encoder.backbone:
+            from .backbones import BACKBONES
+
+            n = len(BACKBONES.get(self.encoder.backbone).channels)
+            if self.dims != 2:
+                raise ValueError(f"backbone {self.encoder.backbone} is a 2D torchvision "
+                                 f"network; use dims: 2 (found dims: {self.dims})")
+            if self.depth > n:
+                raise ValueError(f"backbone {self.encoder.backbone} has {n} stages; grid.depth "
+                                 f"must be at most {n} (found {self.depth})")
+            if self.encoder.block or self.encoder.width is not None:
+                raise ValueError("encoder.block and encoder.width do not apply to a backbone: "
+                                 "its stages fix the encoder's layers and channels")
         return self
 
     # -- derived -------------------------------------------------------------------------
@@ -266,6 +303,20 @@ class Spec(_Model):
     @property
     def depth(self) -> int:
         return self.grid.depth
+
+    @property
+    def first_scale_log2(self) -> int:
+        """x_0_0 sits at 1 / 2**this of the input (1 for a backbone with a stride-2 stem)."""
+        if not self.encoder.backbone:
+            return 0
+        from .backbones import BACKBONES
+
+        return BACKBONES.get(self.encoder.backbone).first_scale_log2
+
+    @property
+    def input_multiple(self) -> int:
+        """Input sizes must be multiples of this: the deepest level's downsampling."""
+        return 2 ** (self.depth - 1 + self.first_scale_log2)
 
     @property
     def main_head(self) -> Head:
@@ -287,6 +338,22 @@ class Spec(_Model):
         data.update(changes)
         out = from_dict(data, source=self.source)
         return out
+
+    def with_backbone(self, backbone: str | None, weights: str | None = None,
+                      rename: bool = False) -> "Spec":
+        """This spec over a torchvision encoder (``encoder: {backbone, weights}``); the
+        encoder's own block/width settings are dropped (the backbone fixes them). ``rename``
+        appends the backbone to the name (``unetsharp_resnet101``)."""
+        if backbone is None and weights is None:
+            return self
+        data = self.to_dict()
+        enc = {k: v for k, v in data.get("encoder", {}).items() if k not in ("block", "width")}
+        enc.update({k: v for k, v in (("backbone", backbone), ("weights", weights)) if v})
+        data["encoder"] = enc
+        bb = enc.get("backbone")
+        if rename and bb and not data["name"].endswith(f"_{bb}"):
+            data["name"] = f"{data['name']}_{bb}"
+        return from_dict(data, source=self.source)
 
     def hash(self) -> str:
         """A stable hash of the spec's content (graph-level canonical hash: skipdsl.graph).
