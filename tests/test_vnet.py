@@ -20,6 +20,14 @@ VNET_PARAMS = {
 TINY = [4, 8, 16, 32, 64]
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # two threads on two busy cores are slower than one
+    yield
+    torch.set_num_threads(n)
+
+
 def n_params(m):
     return sum(p.numel() for p in m.parameters())
 
