@@ -168,3 +168,12 @@ def test_bad_vnet_specs_get_clear_errors():
     data["heads"][0]["type"] = "vnet_out"
     with pytest.raises(skipdsl.SpecError, match="did you mean 'vnet_output'"):
         skipdsl.compile(from_dict(data))
+
+
+def test_new_options_leave_existing_hashes_alone():
+    # trial keys and search caches are keyed by these: the new spec options are unset in the
+    # 2D zoo, so its hashes are the ones stored before V-Net and backbones existed
+    assert {n: skipdsl.spec_hash(n) for n in skipdsl.list_models()} == {
+        "unet": "184214e5719a6245", "unet3p": "f959b69e1b6d7856", "unetpp": "7d99d7edcf29a2b2",
+        "unetsharp": "b3c7d0411f5e122c", "wunet": "b8c0c08c1f3e05a2"}
+    assert skipdsl.load("unetsharp").hash() == "af79f42c87a64741"
