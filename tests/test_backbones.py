@@ -135,3 +135,17 @@ def test_bench_plan_puts_the_backbone_under_every_model():
     assert all(t.config["model"]["encoder"]["backbone"] == "resnet34" for t in trials)
     plain = {t.key for t in plan(["unet"], ["nuclei2d"])}
     assert not plain & {t.key for t in trials}  # another network, another trial key
+
+
+def test_trained_backbone_rebuilds_without_its_pretrained_file():
+    # a checkpoint holds the trained weights: the spec's weights file need not exist later
+    from skipdsl.checkpoint import build_network
+
+    spec = skipdsl.load("unet").with_backbone("resnet34", "/gone/resnet34.pth").replace(widths=4)
+    trained = skipdsl.compile("unet", backbone="resnet34", widths=4)
+    net = build_network(spec, trained.state_dict())
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(net(x), trained.eval()(x), atol=1e-5)
+    with pytest.raises(skipdsl.SpecError, match="does not exist"):
+        build_network(spec)  # random init from the spec: the named file is needed
