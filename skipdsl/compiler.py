@@ -64,7 +64,9 @@ def _cgm_key(h: Head) -> str:
     return h.cgm_from or h.node
 
 
-def _build_modules(spec: Spec, dag: nx.DiGraph, heads: list[Head], use_cgm: bool) -> nn.Module:
+def _build_modules(spec: Spec, dag: nx.DiGraph, heads: list[Head],
+                   use_cgm: bool) -> tuple[nn.Module, Any]:
+    """The root module (blocks, edges, heads, CGMs) and the backbone encoder (or None)."""
     dims = spec.dims
     root = nn.Module()
     encoder = None
