@@ -292,8 +292,9 @@ def compile(
     network's stages in the encoder column, ``weights`` (``none`` or a local file) sets its
     weights (spec: ``encoder: {backbone, weights}``; :mod:`skipdsl.backbones`).
     """
-    spec = load(spec).with_backbone(backbone, weights).replace(in_channels=in_channels, num_classes=num_classes, dims=dims,
-                        widths=widths, deep_supervision=deep_supervision, cgm=cgm)
+    spec = load(spec).with_backbone(backbone, weights).replace(
+        in_channels=in_channels, num_classes=num_classes, dims=dims, widths=widths,
+        deep_supervision=deep_supervision, cgm=cgm)
     if checkpoint is not None:
         data = spec.to_dict()
         data.setdefault("decoder", {})["checkpoint"] = checkpoint
