@@ -16,12 +16,7 @@ CASES = [(b, s) for b in ("vgg16_bn", "resnet34", "resnet50") for s in SCHEMES] 
     ("resnet101", "unet"), ("resnet101", "unetsharp")]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # two threads on two busy cores are slower than one
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.mark.parametrize("backbone,scheme", CASES, ids=[f"{b}-{s}" for b, s in CASES])

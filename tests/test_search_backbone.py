@@ -2,12 +2,11 @@
 space file; a space without the key samples, hashes and fingerprints as before."""
 from __future__ import annotations
 
-import random
-
 import pytest
 import torch
 
 import skipdsl
+from conftest import RandomTrial
 from skipdsl import SpecError
 from skipdsl.search.space import load_space, loads_space
 
@@ -28,16 +27,6 @@ edges:
   - {rule: up, optional: false}
 backbone: [none, resnet34, vgg16_bn]
 """
-
-
-class RandomTrial:
-    def __init__(self, seed: int) -> None:
-        self.rng = random.Random(seed)
-        self.params: dict = {}
-
-    def suggest_categorical(self, name, choices):
-        self.params[name] = self.rng.choice(list(choices))
-        return self.params[name]
 
 
 @pytest.fixture(scope="module")

@@ -20,12 +20,7 @@ VNET_PARAMS = {
 TINY = [4, 8, 16, 32, 64]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # two threads on two busy cores are slower than one
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def n_params(m):
