@@ -30,7 +30,7 @@ def spec_hash(spec) -> str:
     if getattr(spec, "is_baseline", False):
         return spec.hash()
     s = load(spec)
-    heads = [f"{h.node}:{h.kernel}:{h.match}" for h in s.heads]
+    heads = [f"{h.node}:{h.kernel}:{h.match}" + (f":{h.type}" if h.type else "") for h in s.heads]
     return canonical_hash(build_graph(s), heads)
 
 

@@ -234,7 +234,10 @@ def build_network(spec: Spec, state_dict: dict[str, torch.Tensor] | None = None,
                             hint="pruning needs the deep-supervision heads: train with deep "
                             "supervision (bench run --ds on), or use the whole network "
                             "(no --prune)")
-    model = skipdsl.compile(spec, deep_supervision=level is not None, cgm=use_cgm)
+    # a trained backbone's weights are in the checkpoint: its pretrained file is not needed
+    model = skipdsl.compile(spec, deep_supervision=level is not None, cgm=use_cgm,
+                            weights="none" if spec.encoder.backbone and state_dict is not None
+                            else None)
     if state_dict is not None:
         _load_weights(model, state_dict, source, strict=False)
     model.eval()
@@ -279,7 +282,7 @@ class Checkpoint:
     @property
     def multiple(self) -> int:
         """Every spatial side of the network's input must be a multiple of this."""
-        return 2 ** (self.spec.depth - 1)
+        return self.spec.input_multiple
 
     def network(self, prune: int | None = None, cgm: bool | None = None, *,
                 normalise: bool = True) -> Inference:
@@ -363,7 +366,7 @@ def load_checkpoint(path: str | Path, *, spec: "Spec | str | Path | None" = None
     data = _read(pt)
     try:
         trained = loads(str(data["spec"]), source=f"{pt} (its spec)")
-        model = skipdsl.compile(trained)
+        model = skipdsl.compile(trained, weights="none" if trained.encoder.backbone else None)
     except SpecError as err:
         raise SpecError(f"the spec inside the checkpoint is not valid: {err.message}",
                         file=str(pt), node=err.node, edge=err.edge,

@@ -35,6 +35,10 @@ def _add_overrides(p: argparse.ArgumentParser, deep_supervision: bool = True) ->
         p.add_argument("--deep-supervision", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--cgm", action=argparse.BooleanOptionalAction, default=None,
                    help="classification-guided module on the heads that name one")
+    p.add_argument("--backbone", help="torchvision encoder for the encoder column: vgg16_bn, "
+                   "resnet34, resnet50, resnet101 (2D)")
+    p.add_argument("--weights", help="the backbone's weights: none (default) or a local "
+                   "torchvision state-dict file; nothing is downloaded")
 
 
 def _compile(args):
@@ -44,7 +48,7 @@ def _compile(args):
                              num_classes=args.num_classes, dims=args.dims,
                              widths=_widths(args.widths),
                              deep_supervision=True if args.prune else args.deep_supervision,
-                             cgm=args.cgm)
+                             cgm=args.cgm, backbone=args.backbone, weights=args.weights)
     if args.prune:
         model = compiler.prune(model, args.prune)
     return model
@@ -70,6 +74,8 @@ def cmd_compile(args) -> int:
         return 0
     shape = "x".join(map(str, cost.size))
     title = f"{cost.name}  ({model.spec.source}, {model.spec.dims}D, input {shape})"
+    if model.spec.encoder.backbone:
+        title += f"  encoder {model.spec.encoder.backbone}"
     if args.prune:
         title += f"  pruned to x_0_{args.prune}"
     t = Table(title=title, title_justify="left")
@@ -112,9 +118,9 @@ def cmd_list(args) -> int:
     from .compiler import compile as compile_
 
     t = Table(title="zoo")
-    for col in ("name", "params (3 -> 1)", "description"):
+    for col in ("name", "params (spec's channels)", "description"):
         t.add_column(col)
-    for name in list_models():
+    for name in list_models(dims=None):
         s = load(name)
         n = sum(p.numel() for p in compile_(s).parameters())
         t.add_row(name, f"{n:,}", s.description)
@@ -158,7 +164,8 @@ def _export_source(args):
 
     if _is_checkpoint(args.source):
         given = [f"--{k.replace('_', '-')}" for k in ("dims", "in_channels", "num_classes",
-                                                       "widths") if getattr(args, k) is not None]
+                                                       "widths", "backbone", "weights")
+                 if getattr(args, k) is not None]
         if given:
             raise SpecError(f"{', '.join(given)} change a spec; the checkpoint {args.source} "
                             "fixes its network", hint="leave them out, or export the spec")
@@ -169,7 +176,8 @@ def _export_source(args):
         return net, meta, str(ck.path), ck.image_size
     from .spec import load
 
-    spec = load(args.source).replace(dims=args.dims, in_channels=args.in_channels,
+    spec = load(args.source).with_backbone(args.backbone, args.weights).replace(
+        dims=args.dims, in_channels=args.in_channels,
                                      num_classes=args.num_classes, widths=_widths(args.widths))
     net = build_network(spec, prune=args.prune, cgm=args.cgm)
     return net, metadata(net, prune=args.prune, source=spec.source), spec.source, ()
@@ -179,7 +187,7 @@ def cmd_export(args) -> int:
     from .export import FORMATS, check, export_network
 
     net, meta, source, trained = _export_source(args)
-    m = 2 ** (net.spec.depth - 1)
+    m = net.spec.input_multiple
     side = args.size or (max(trained) if trained else (96 if net.spec.dims == 2 else 64))
     size = [-(-int(side) // m) * m] * net.spec.dims
     path = Path(args.output or f"{net.spec.name}" + (f"-L{args.prune}" if args.prune else "")

@@ -21,9 +21,8 @@ from torch.fx.graph_module import _copy_attr
 
 from .errors import SpecError
 from .graph import INPUT, build_graph, topo_order
-from .heads import CGMS, CGMGate, head_conv
-from .layers import (BLOCKS, ConvNormAct, avg_pool_fn, conv_cls, conv_transpose_cls, init_he,
-                     linear_mode, max_pool_fn)
+from .heads import CGMS, HEADS, CGMGate
+from .layers import BLOCKS, RESAMPLERS, ConvNormAct, channel_dropout, init_he, linear_mode
 from .spec import Head, Spec, load
 
 
@@ -44,7 +43,8 @@ def check_input(x: torch.Tensor, multiple: int, channels: int, name: str) -> tor
 
 
 class _EdgeOps(nn.Module):
-    """An edge's learnable parts: ``resample`` (strided/transposed conv) and ``project``."""
+    """An edge's modules: ``dropout``, ``resample`` (a learnable resampling: strided or
+    transposed conv) and ``project``, applied in that order."""
 
 
 def _interp_kwargs(op: str, factor: float, align: bool, dims: int) -> dict[str, Any]:
@@ -64,13 +64,23 @@ def _cgm_key(h: Head) -> str:
     return h.cgm_from or h.node
 
 
-def _build_modules(spec: Spec, dag: nx.DiGraph, heads: list[Head], use_cgm: bool) -> nn.Module:
+def _build_modules(spec: Spec, dag: nx.DiGraph, heads: list[Head],
+                   use_cgm: bool) -> tuple[nn.Module, Any]:
+    """The root module (blocks, edges, heads, CGMs) and the backbone encoder (or None)."""
     dims = spec.dims
     root = nn.Module()
+    encoder = None
+    if spec.encoder.backbone:  # the encoder column is a torchvision network's stages
+        from .backbones import BackboneEncoder
+
+        encoder = BackboneEncoder(spec.encoder.backbone, spec.in_channels, spec.depth)
     for n in topo_order(dag):
         if n == INPUT:
             continue
         d = dag.nodes[n]
+        if d["block"]["type"] == "backbone":
+            root.add_module(n, encoder.stages[d["block"]["stage"]])
+            continue
         kw = {k: v for k, v in d["block"].items() if k != "type"}
         try:
             block = BLOCKS.get(d["block"]["type"])(d["in_channels"], d["width"], dims=dims, **kw)
@@ -83,22 +93,24 @@ def _build_modules(spec: Spec, dag: nx.DiGraph, heads: list[Head], use_cgm: bool
         ops = _EdgeOps()
         c = d["src_channels"]
         k = int(round(max(d["factor"], 1 / d["factor"])))
-        if d["op"] == "conv":
-            ops.resample = conv_cls(dims)(c, c, k, stride=k)
-        elif d["op"] == "transposed":
-            ops.resample = conv_transpose_cls(dims)(c, c, k, stride=k)
+        if d.get("dropout"):
+            ops.dropout = channel_dropout(d["dropout"], dims)
+        if d["op"] != "identity" and RESAMPLERS.get(d["op"]).learnable:
+            opts = {key: val for key, val in (d["resample"] or {}).items() if key != "channels"}
+            ops.resample = RESAMPLERS.get(d["op"]).build(c, d["resampled"], k, dims, **opts)
         if d["project"]:
             p = d["project"]
             blk = dag.nodes[v]["block"]
-            ops.project = ConvNormAct(c, p["channels"], dims=dims, kernel=p["kernel"],
-                                      norm=p["norm"] or blk["norm"], act=p["act"] or blk["act"],
-                                      bias=blk["bias"])
+            ops.project = ConvNormAct(d["resampled"], p["channels"], dims=dims,
+                                      kernel=p["kernel"], norm=p["norm"] or blk["norm"],
+                                      act=p["act"] or blk["act"], bias=blk["bias"])
         if len(ops._modules):
             edges[f"{u}__{v}"] = ops
     if len(edges):
         root.edges = edges
     root.heads = nn.ModuleDict({
-        h.node: head_conv(dag.nodes[h.node]["width"], spec.num_classes, h.kernel, dims)
+        h.node: HEADS.get(h.type or "conv")(dag.nodes[h.node]["width"], spec.num_classes,
+                                            h.kernel, dims, block=dag.nodes[h.node]["block"])
         for h in heads
     })
     if use_cgm:
@@ -115,7 +127,7 @@ def _build_modules(spec: Spec, dag: nx.DiGraph, heads: list[Head], use_cgm: bool
                             hint="add 'cgm: unet3p|full|simple' to a head")
         root.cgm = cgm
         root.cgm_gate = CGMGate()
-    return root
+    return root, encoder
 
 
 def _emit_node(graph: fx.Graph, spec: Spec, dag: nx.DiGraph, v: str,
@@ -127,23 +139,22 @@ def _emit_node(graph: fx.Graph, spec: Spec, dag: nx.DiGraph, v: str,
     for u, _, d in sorted(dag.in_edges(v, data=True), key=lambda e: e[2]["order"]):
         t = values[u]
         eid = f"{u}__{v}"
-        if d["op"] in ("conv", "transposed"):
+        mods = getattr(edge_mods, eid, None)
+        if hasattr(mods, "dropout"):
+            t = graph.create_node("call_module", f"edges.{eid}.dropout", (t,), name=f"{eid}_drop")
+        if hasattr(mods, "resample"):
             t = graph.create_node("call_module", f"edges.{eid}.resample", (t,), name=f"{eid}_rs")
         elif d["op"] != "identity":
-            key = (u, d["op"], d["factor"], d["align_corners"])
-            if key not in shared:  # a stateless resampling used by several edges: emitted once
-                if d["factor"] > 1:
-                    kw = _interp_kwargs(d["op"], d["factor"], d["align_corners"], dims)
-                    shared[key] = graph.create_node("call_function", F.interpolate, (t,), kw,
-                                                    name=f"{u}_up{int(d['factor'])}")
-                else:
-                    k = int(round(1 / d["factor"]))
-                    fn = max_pool_fn(dims) if d["op"] == "maxpool" else avg_pool_fn(dims)
-                    shared[key] = graph.create_node("call_function", fn, (t,),
-                                                    {"kernel_size": k, "stride": k},
-                                                    name=f"{u}_{d['op']}{k}")
+            # a stateless resampling used by several edges is emitted once (not after dropout)
+            key = (u if t is values[u] else eid, d["op"], d["factor"], d["align_corners"])
+            if key not in shared:
+                fn, kw = RESAMPLERS.get(d["op"]).fn(dims, d["factor"], d["align_corners"])
+                label = (f"up{int(d['factor'])}" if d["factor"] > 1
+                         else f"{d['op']}{int(round(1 / d['factor']))}")
+                shared[key] = graph.create_node("call_function", fn, (t,), kw,
+                                                name=f"{key[0]}_{label}")
             t = shared[key]
-        if hasattr(getattr(edge_mods, eid, None), "project"):
+        if hasattr(mods, "project"):
             t = graph.create_node("call_module", f"edges.{eid}.project", (t,), name=eid)
         parts.append(t)
     if len(parts) == 1:
@@ -189,7 +200,7 @@ def _emit(spec: Spec, dag: nx.DiGraph, heads: list[Head], use_cgm: bool,
     dims = spec.dims
     graph = fx.Graph()
     x = graph.placeholder("x")
-    x = graph.call_function(check_input, (x, 2 ** (spec.depth - 1), spec.in_channels, spec.name))
+    x = graph.call_function(check_input, (x, spec.input_multiple, spec.in_channels, spec.name))
     values: dict[str, fx.Node] = {INPUT: x}
     shared: dict[tuple, fx.Node] = {}
     edge_mods = getattr(root, "edges", nn.Module())
@@ -215,11 +226,11 @@ def _emit(spec: Spec, dag: nx.DiGraph, heads: list[Head], use_cgm: bool,
     for h in heads:
         t = graph.create_node("call_module", f"heads.{h.node}", (values[h.node],),
                               name=f"head_{h.node}")
-        level = dag.nodes[h.node]["level"]
-        if h.match == "upsample" and level > 0:
+        scale = dag.nodes[h.node]["scale"]  # 2**level (2**(level+1) over a stride-2 stem)
+        if h.match == "upsample" and scale > 1:
             t = graph.create_node("call_function", F.interpolate, (t,),
-                                  _interp_kwargs("bilinear", 2**level, True, dims),
-                                  name=f"head_{h.node}_up{2**level}")
+                                  _interp_kwargs("bilinear", scale, True, dims),
+                                  name=f"head_{h.node}_up{scale}")
         if use_cgm and h.cgm:
             src = _cgm_key(h)
             if src not in cls:
@@ -266,6 +277,8 @@ def compile(
     deep_supervision: bool | None = None,
     cgm: bool | None = None,
     checkpoint: bool | None = None,
+    backbone: str | None = None,
+    weights: str | None = None,
 ) -> fx.GraphModule:
     """Compile a spec (zoo name, path or ``Spec``) into a PyTorch module.
 
@@ -275,9 +288,13 @@ def compile(
     logits when CGM is on; main head first). ``checkpoint=True`` recomputes every decoder
     node (its resampling, concatenation and block) in the backward pass instead of storing
     it: less activation memory for more compute (per node: ``checkpoint`` in the spec).
+    ``backbone`` (``vgg16_bn``, ``resnet34``, ``resnet50``, ``resnet101``) puts a torchvision
+    network's stages in the encoder column, ``weights`` (``none`` or a local file) sets its
+    weights (spec: ``encoder: {backbone, weights}``; :mod:`skipdsl.backbones`).
     """
-    spec = load(spec).replace(in_channels=in_channels, num_classes=num_classes, dims=dims,
-                              widths=widths, deep_supervision=deep_supervision, cgm=cgm)
+    spec = load(spec).with_backbone(backbone, weights).replace(
+        in_channels=in_channels, num_classes=num_classes, dims=dims, widths=widths,
+        deep_supervision=deep_supervision, cgm=cgm)
     if checkpoint is not None:
         data = spec.to_dict()
         data.setdefault("decoder", {})["checkpoint"] = checkpoint
@@ -285,9 +302,11 @@ def compile(
     dag = build_graph(spec)
     heads = _active_heads(spec, spec.deep_supervision)
     as_dict = spec.deep_supervision or spec.cgm
-    root = _build_modules(spec, dag, heads, spec.cgm)
+    root, encoder = _build_modules(spec, dag, heads, spec.cgm)
     if spec.init == "he":
         init_he(root)
+    if encoder is not None and spec.encoder.weights not in (None, "none"):
+        encoder.load(spec.encoder.weights, spec_file=spec.source)  # after init: kept as loaded
     graph = _emit(spec, dag, heads, spec.cgm, as_dict, root)
     return _finish(root, graph, spec, dag, heads, as_dict, spec.cgm)
 

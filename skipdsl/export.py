@@ -62,7 +62,7 @@ def metadata(net: Inference, *, prune: int | None = None, threshold: float = 0.5
         "spec": spec.to_yaml(), "prune": prune, "head": spec.main_head.node if not prune
         else f"x_0_{prune}", "threshold": threshold,
         "input": f"(batch, {spec.in_channels}, *spatial), every side a multiple of "
-                 f"{2 ** (spec.depth - 1)}" + (f"; prepared as the dataset did: "
+                 f"{spec.input_multiple}" + (f"; prepared as the dataset did: "
                                                f"{input_normalisation}"
                                                if input_normalisation else ""),
         "normalisation": {"mean": net.mean.flatten().tolist(), "std": net.std.flatten().tolist()}
@@ -75,7 +75,7 @@ def metadata(net: Inference, *, prune: int | None = None, threshold: float = 0.5
 def _dynamic_shapes(net: Inference) -> dict[str, Any]:
     from torch.export import Dim
 
-    m = 2 ** (net.spec.depth - 1)
+    m = net.spec.input_multiple
     axes = {0: Dim("batch", min=1, max=4096)}
     for k, name in enumerate("dhw"[-net.spec.dims:]):
         axes[2 + k] = m * Dim(f"{name}_{m}", min=1, max=4096)
@@ -237,7 +237,7 @@ def check(net: Inference, fmt: str, path: str | Path, *, size: Sequence[int],
     from .train.metrics import count_params
 
     net = net.eval()
-    m = 2 ** (net.spec.depth - 1)
+    m = net.spec.input_multiple
     gen = torch.Generator().manual_seed(seed)
     base = [int(s) for s in size]
     other = [s + m if k == len(base) - 1 else s for k, s in enumerate(base)]

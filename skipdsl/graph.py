@@ -5,10 +5,14 @@ projection. Channels and scales are derived here, once: the compiler, the CLI ta
 picture all read this graph.
 
 Node attributes: ``level, column, kind ('input'|'encoder'|'decoder'), in_channels, width,
-aggregate, block (dict), scale (2**level)``. Edge attributes: ``kind, factor`` (> 1 upsamples,
+aggregate, block (dict), scale (2**level; 2**(level+1) over a backbone with a stride-2 stem)``;
+over a backbone, encoder blocks are ``{type: backbone, backbone, stage}`` and the encoder's
+down edges have ``op: identity, in_block: True`` (the stage downsamples). Edge attributes: ``kind, factor`` (> 1 upsamples,
 < 1 downsamples, 1 keeps), ``op`` (identity | maxpool | avgpool | conv | bilinear | nearest |
-transposed), ``align_corners``, ``project`` (dict or None), ``src_channels``, ``channels``
-(what the edge delivers), ``order`` (concatenation position).
+transposed, or any other resampling registry entry), ``align_corners``, ``resample`` (dict of a
+learnable resampling's ``channels``/``norm``/``act``/``bias``, or None), ``dropout``,
+``project`` (dict or None), ``src_channels``, ``resampled`` (channels after the resampling),
+``channels`` (what the edge delivers), ``order`` (concatenation position).
 """
 from __future__ import annotations
 
@@ -18,7 +22,8 @@ from typing import Any, Iterable
 import networkx as nx
 
 from .errors import SpecError, did_you_mean
-from .layers import ACTS, BLOCKS, NORMS
+from .layers import ACTS, BLOCKS, NORMS, RESAMPLERS
+from .heads import HEADS
 from .spec import Edge, EdgeRule, Head, Resample, Spec, load, node_id, parse_node
 
 INPUT = "input"
@@ -88,7 +93,8 @@ def _merged_block(spec: Spec, name: str, kind: str) -> dict[str, Any]:
                 raise SpecError(f"unknown block key '{k}'", file=spec.source, node=name,
                                 hint=did_you_mean(k, block))
             block.update(cfg.block)
-    return block
+    # options that no one set are left out: the blocks' own defaults apply, hashes are stable
+    return {k: v for k, v in block.items() if v is not None}
 
 
 def _node_setting(spec: Spec, name: str, kind: str, key: str):
@@ -114,23 +120,38 @@ def build_graph(spec: "Spec | str") -> nx.DiGraph:
         if (i, j) not in nodes:
             raise SpecError("node_overrides names a node that the spec does not have",
                             file=src, node=name, hint=f"nodes are: {spec.nodes}")
+    backbone = spec.encoder.backbone
+    s0 = spec.first_scale_log2
     for i, j in pos:
         name = node_id(i, j)
         kind = "encoder" if j == 0 else "decoder"
+        if kind == "encoder" and backbone:
+            ov = spec.node_overrides.get(name)
+            if ov is not None and (ov.block or ov.width is not None):
+                raise SpecError("a backbone stage's layers and width are fixed", file=src,
+                                node=name, hint="drop its block/width override")
+            from .backbones import BACKBONES
+
+            g.add_node(name, level=i, column=j, kind=kind, scale=2 ** (i + s0),
+                       block={"type": "backbone", "backbone": backbone, "stage": i},
+                       aggregate="concat", checkpoint=False, order="shallow_first",
+                       width_cfg=BACKBONES.get(backbone).channels[i])
+            continue
         block = _merged_block(spec, name, kind)
         for reg, key in ((BLOCKS, "type"), (NORMS, "norm"), (ACTS, "act")):
             if block[key] not in reg:
                 raise SpecError(f"unknown {reg.kind} '{block[key]}'", file=src, node=name,
                                 hint=did_you_mean(block[key], reg))
-        g.add_node(name, level=i, column=j, kind=kind, block=block, scale=2**i,
+        g.add_node(name, level=i, column=j, kind=kind, block=block, scale=2 ** (i + s0),
                    aggregate=_node_setting(spec, name, kind, "aggregate") or spec.defaults.aggregate,
                    width_cfg=_node_setting(spec, name, kind, "width") or widths[i],
-                   checkpoint=bool(_node_setting(spec, name, kind, "checkpoint")))
+                   checkpoint=bool(_node_setting(spec, name, kind, "checkpoint")),
+                   order=_node_setting(spec, name, kind, "order") or "shallow_first")
 
     default_rs = spec.defaults.resample
 
     def add_edge(a: tuple[int, int] | str, b: tuple[int, int], kind: str, rs: Resample | None,
-                 project, scale: float | None = None) -> None:
+                 project, scale: float | None = None, dropout: float | None = None) -> None:
         u = a if isinstance(a, str) else node_id(*a)
         v = node_id(*b)
         if g.has_edge(u, v):
@@ -146,9 +167,28 @@ def build_graph(spec: "Spec | str") -> nx.DiGraph:
                             found=f"scale {scale:g}", hint="drop 'scale' or connect other levels")
         rs = rs or default_rs
         op = "identity" if factor == 1 else (rs.up if factor > 1 else rs.down)
+        if kind == "down" and backbone:  # the backbone stage downsamples itself
+            g.add_edge(u, v, kind=kind, factor=factor, op="identity", in_block=True,
+                       align_corners=rs.align_corners, resample=None, dropout=None, project=None)
+            return
+        extra = {k: getattr(rs, k) for k in ("channels", "norm", "act", "bias")
+                 if getattr(rs, k) is not None}
+        learned = None
+        if op != "identity" and RESAMPLERS.get(op).learnable:
+            learned = extra
+            if extra.get("channels") == "level":
+                learned = {**extra, "channels": widths[b[0]]}
+            for key, reg in (("norm", NORMS), ("act", ACTS)):
+                if key in extra and extra[key] not in reg:
+                    raise SpecError(f"unknown {reg.kind} '{extra[key]}' in the resampling",
+                                    file=src, edge=(u, v), hint=did_you_mean(extra[key], reg))
+        elif op != "identity" and extra:
+            raise SpecError(f"'{op}' has no weights: resample options {sorted(extra)} need a "
+                            "learnable resampling", file=src, edge=(u, v),
+                            hint="use 'conv' (down) or 'transposed' (up), or drop them")
         proj = project.model_dump() if project is not None else None
         g.add_edge(u, v, kind=kind, factor=factor, op=op, align_corners=rs.align_corners,
-                   project=proj)
+                   resample=learned or None, dropout=dropout or None, project=proj)
 
     add_edge(INPUT, (0, 0), "input", None, None)
     for i in range(1, depth):
@@ -161,7 +201,7 @@ def build_graph(spec: "Spec | str") -> nx.DiGraph:
                 targets = [_parse_in_grid(spec, t, where=f"rule {e.rule}: to") for t in e.to]
             for i, j in targets:
                 for s in _rule_sources(e.rule, i, j, nodes, depth, e.min_k, e.max_k):
-                    add_edge(s, (i, j), e.rule, e.resample, e.project)
+                    add_edge(s, (i, j), e.rule, e.resample, e.project, dropout=e.dropout)
         else:
             a = _parse_in_grid(spec, e.src, where="edge 'from'")
             b = _parse_in_grid(spec, e.dst, where="edge 'to'")
@@ -173,7 +213,7 @@ def build_graph(spec: "Spec | str") -> nx.DiGraph:
             if b[1] == 0:
                 raise SpecError("edges into encoder nodes are fixed (x_<i-1>_0 -> x_<i>_0)",
                                 file=src, edge=(e.src, e.dst), hint="connect to a decoder node")
-            add_edge(a, b, "explicit", e.resample, e.project, e.scale)
+            add_edge(a, b, "explicit", e.resample, e.project, e.scale, e.dropout)
 
     _validate(spec, g)
     _derive_channels(spec, g)
@@ -191,6 +231,9 @@ def _validate(spec: Spec, g: nx.DiGraph) -> None:
         raise SpecError(f"the edges form a cycle: {path}", file=src, edge=tuple(cycle[-1][:2]),
                         hint="remove one of these edges; data must flow from the input to a head")
     for h in spec.heads:
+        if h.type is not None and h.type not in HEADS:
+            raise SpecError(f"unknown head type '{h.type}'", file=src, node=h.node,
+                            hint=did_you_mean(h.type, HEADS))
         if h.node not in g:
             _parse_in_grid(spec, h.node, where="heads")
             raise SpecError("a head sits on a node that the spec does not have", file=src,
@@ -217,13 +260,16 @@ def _derive_channels(spec: Spec, g: nx.DiGraph) -> None:
     for n in nx.topological_sort(g):
         if n == INPUT:
             continue
+        deep = g.nodes[n].get("order") == "deep_first"
         ins = sorted(g.in_edges(n, data=True),
-                     key=lambda e: (g.nodes[e[0]]["level"], g.nodes[e[0]]["column"]))
+                     key=lambda e: ((-1 if deep else 1) * g.nodes[e[0]]["level"],
+                                    g.nodes[e[0]]["column"]))
         chans = []
         for k, (u, _, d) in enumerate(ins):
             d["order"] = k
             d["src_channels"] = g.nodes[u]["width"]
-            d["channels"] = d["project"]["channels"] if d["project"] else d["src_channels"]
+            d["resampled"] = (d["resample"] or {}).get("channels", d["src_channels"])
+            d["channels"] = d["project"]["channels"] if d["project"] else d["resampled"]
             chans.append(d["channels"])
         nd = g.nodes[n]
         if nd["aggregate"] == "sum" and len(set(chans)) > 1:
@@ -233,7 +279,12 @@ def _derive_channels(spec: Spec, g: nx.DiGraph) -> None:
                             hint="add 'project: {channels: C}' to its edges or use 'concat'")
         nd["in_channels"] = sum(chans) if nd["aggregate"] == "concat" else chans[0]
         w = nd.pop("width_cfg")
-        nd["width"] = nd["in_channels"] if w == "concat" else int(w)
+        if w == "concat":
+            nd["width"] = nd["in_channels"]
+        elif isinstance(w, str):  # 'x2': a multiple of the level's grid width
+            nd["width"] = max(1, int(round(spec.widths[nd["level"]] * float(w[1:]))))
+        else:
+            nd["width"] = int(w)
         if nd["block"]["type"] == "identity" and nd["width"] != nd["in_channels"]:
             raise SpecError("an identity block cannot change the channels", file=src, node=n,
                             expected=nd["in_channels"], found=nd["width"],
@@ -253,9 +304,12 @@ def canonical_hash(g: nx.DiGraph, heads: Iterable[str] = ()) -> str:
     for n in sorted(g.nodes):
         d = g.nodes[n]
         blk = sorted(d.get("block", {}).items())
-        parts.append(f"N{n}:{d['width']}:{d.get('aggregate')}:{blk}")
+        order = "" if d.get("order", "shallow_first") == "shallow_first" else f":{d['order']}"
+        parts.append(f"N{n}:{d['width']}:{d.get('aggregate')}:{blk}{order}")
     for u, v in sorted(g.edges):
         d = g.edges[u, v]
-        parts.append(f"E{u}>{v}:{d['op']}:{d['align_corners']}:{sorted((d['project'] or {}).items())}")
+        extra = "".join(f":{k}={d[k]}" for k in ("resample", "dropout") if d.get(k))
+        parts.append(f"E{u}>{v}:{d['op']}:{d['align_corners']}:"
+                     f"{sorted((d['project'] or {}).items())}{extra}")
     parts += [f"H{h}" for h in sorted(heads)]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]

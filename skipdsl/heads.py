@@ -11,15 +11,51 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .layers import conv_cls
+from .layers import NORMS, conv_cls, make_act
 from .registry import Registry
 
 CGMS: Registry = Registry("cgm")
+#: head builders: ``(in_channels, num_classes, kernel, dims, block) -> nn.Module``; ``block``
+#: is the head node's block settings (norm, act, bias), for heads that have their own layers
+HEADS: Registry = Registry("head")
 GATED_LOGIT = -1e4  # logit that a closed gate writes: sigmoid(-1e4) == 0 in every float type
 
 
 def head_conv(in_channels: int, num_classes: int, kernel: int, dims: int) -> nn.Module:
     return conv_cls(dims)(in_channels, num_classes, kernel, padding=kernel // 2)
+
+
+@HEADS.register("conv")
+def _conv_head(in_channels: int, num_classes: int, kernel: int, dims: int,
+               block: dict | None = None) -> nn.Module:
+    """A k x k convolution to the class logits (the UNet family's heads)."""
+    return head_conv(in_channels, num_classes, kernel, dims)
+
+
+class VNetOutput(nn.Module):
+    """V-Net's output stage (MONAI's ``OutputTransition``): conv k x k to the classes -> norm
+    -> act, then a 1x1 conv (with bias) that gives the logits."""
+
+    def __init__(self, in_channels: int, num_classes: int, kernel: int, dims: int,
+                 norm: str, act: str, bias: bool) -> None:
+        super().__init__()
+        self.conv = conv_cls(dims)(in_channels, num_classes, kernel, padding=kernel // 2,
+                                   bias=bias)
+        self.norm = NORMS.get(norm)(num_classes, dims)
+        self.act = make_act(act, num_classes)
+        self.out = conv_cls(dims)(num_classes, num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.act(self.norm(self.conv(x))))
+
+
+@HEADS.register("vnet_output")
+def _vnet_head(in_channels: int, num_classes: int, kernel: int, dims: int,
+               block: dict | None = None) -> nn.Module:
+    """V-Net's output stage; norm, act and the first conv's bias come from the node's block."""
+    b = block or {}
+    return VNetOutput(in_channels, num_classes, kernel, dims, norm=b.get("norm", "batch"),
+                      act=b.get("act", "elu"), bias=b.get("bias", False))
 
 
 #: Foreground fractions are clamped to this range before their log-odds become head biases.
@@ -48,14 +84,16 @@ def init_heads(model: nn.Module, prior: "torch.Tensor | float") -> torch.Tensor:
     p = torch.as_tensor(prior, dtype=torch.float32).flatten().clamp(*PRIOR_RANGE)
     bias = torch.log(p / (1.0 - p))
     for name, head in heads.named_children():
-        conv = head if hasattr(head, "weight") else next(
-            m for m in head.modules() if hasattr(m, "weight") and m.weight.dim() > 2)
+        # the conv that writes the logits: the last one (V-Net's head ends in a 1x1 conv)
+        conv = head if hasattr(head, "weight") else [
+            m for m in head.modules() if hasattr(m, "weight") and m.weight.dim() > 2][-1]
         out = conv.weight.shape[0]
         if bias.numel() not in (1, out):
             raise ValueError(f"head {name}: {bias.numel()} prior values for {out} classes")
         with torch.no_grad():
             w = conv.weight.flatten(1)
-            w.sub_(w.mean(dim=1, keepdim=True))  # zero-mean over the features it reads
+            if w.shape[1] > 1:  # zero-mean over the features it reads (one feature: keep it)
+                w.sub_(w.mean(dim=1, keepdim=True))
             conv.weight.copy_(w.view_as(conv.weight))
             conv.bias.copy_(bias.expand(out).to(conv.bias))
     return bias

@@ -87,7 +87,7 @@ def model_cost(model: nn.Module, size: int | tuple[int, ...] = 96) -> ModelCost:
         paths = [n] + [f"edges.{u}__{n}" for u in ins]
         spatial = 1
         for s in shape:
-            spatial *= s // 2 ** d["level"]
+            spatial *= s // d["scale"]
         nodes.append(NodeCost(
             node=n, level=d["level"], column=d["column"], kind=d["kind"],
             in_channels=d["in_channels"], width=d["width"], inputs=ins,

@@ -6,7 +6,8 @@ unknown name gets a did-you-mean answer and a new block is one decorated functio
 """
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -17,6 +18,25 @@ from .registry import Registry
 NORMS: Registry[Callable[[int, int], nn.Module]] = Registry("norm")
 ACTS: Registry[Callable[[], nn.Module]] = Registry("activation")
 BLOCKS: Registry[Callable[..., nn.Module]] = Registry("block")
+
+
+@dataclass(frozen=True)
+class Resampler:
+    """A way for an edge to change scale. ``direction``: 'down' or 'up'. A learnable one has
+    ``build(in_channels, out_channels, factor, dims, norm=, act=, bias=) -> nn.Module`` (one
+    module per edge); a stateless one has ``fn(dims, factor, align_corners) -> (function,
+    kwargs)``, and the compiler emits the call once for every edge that needs the same one."""
+
+    direction: str
+    build: Callable[..., nn.Module] | None = None
+    fn: Callable[[int, float, bool], tuple[Callable, dict[str, Any]]] | None = None
+
+    @property
+    def learnable(self) -> bool:
+        return self.build is not None
+
+
+RESAMPLERS: Registry[Resampler] = Registry("resampling")
 
 
 def conv_cls(dims: int) -> type[nn.Module]:
@@ -68,6 +88,20 @@ ACTS.register("silu", "swish")(lambda: nn.SiLU(inplace=True))
 ACTS.register("elu")(lambda: nn.ELU(inplace=True))
 ACTS.register("prelu")(lambda: nn.PReLU())
 ACTS.register("none")(lambda: nn.Identity())
+#: PReLU with one slope per channel (MONAI's ``act="prelu"``, the V-Net paper's PReLU)
+ACTS.register("prelu_channel")(lambda channels=1: nn.PReLU(channels))
+_CHANNEL_ACTS = {"prelu_channel"}
+
+
+def make_act(name: str, channels: int) -> nn.Module:
+    """The activation ``name``; those with one parameter per channel get ``channels``."""
+    builder = ACTS.get(name)
+    return builder(channels) if name in _CHANNEL_ACTS else builder()
+
+
+def channel_dropout(p: float, dims: int) -> nn.Module:
+    """Dropout of whole channels (``Dropout2d``/``Dropout3d``), as MONAI's V-Net uses."""
+    return {2: nn.Dropout2d, 3: nn.Dropout3d}[dims](p)
 
 
 class ConvNormAct(nn.Module):
@@ -87,7 +121,7 @@ class ConvNormAct(nn.Module):
         super().__init__()
         self.conv = conv_cls(dims)(in_channels, out_channels, kernel, padding=kernel // 2, bias=bias)
         self.norm = NORMS.get(norm)(out_channels, dims)
-        self.act = ACTS.get(act)()
+        self.act = make_act(act, out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.norm(self.conv(x)))
@@ -145,6 +179,142 @@ def identity_block(in_channels: int, out_channels: int, *, dims: int, **_: objec
     if in_channels != out_channels:
         raise ValueError(f"identity block needs width == incoming channels ({in_channels})")
     return nn.Identity()
+
+
+class VNetStage(nn.Module):
+    """A V-Net residual stage (Milletari et al. 2016; MONAI's ``LUConv`` stack): ``repeats``
+    units of conv k x k -> norm -> act, the input added back, then act:
+    ``act(units(dropout(x)) + x)``. The dropout (channel dropout, training only) applies to
+    the units' input, not to the shortcut, as in MONAI's ``DownTransition``. Where the width
+    differs from the incoming channels (the ++/3+/# skip schemes on V-Net stages) the first
+    unit changes the channels and the shortcut is a 1x1 conv + norm (ResNet's projection)."""
+
+    def __init__(self, units: list[nn.Module], act: nn.Module, dropout: float | None,
+                 dims: int, shortcut: nn.Module | None = None) -> None:
+        super().__init__()
+        self.dropout = channel_dropout(dropout, dims) if dropout else nn.Identity()
+        self.units = nn.Sequential(*units)
+        self.shortcut = shortcut if shortcut is not None else nn.Identity()
+        self.act = act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.units(self.dropout(x)) + self.shortcut(x))
+
+
+@BLOCKS.register("vnet", "vnet_stage")
+def vnet_stage(
+    in_channels: int,
+    out_channels: int,
+    *,
+    dims: int,
+    repeats: int = 2,
+    kernel: int = 5,
+    norm: str = "batch",
+    act: str = "elu",
+    bias: bool = False,
+    dropout: float | None = None,
+    **_: object,
+) -> nn.Module:
+    """V-Net's residual stage (see :class:`VNetStage`). As in V-Net, the shortcut is the
+    identity when the node's width equals its incoming channels (``width: concat``, or edges
+    that deliver the width with ``resample: {channels: level}``); otherwise it is a 1x1 conv
+    + norm. The stage is residual by definition: the conv-block option ``residual`` does not
+    apply to it."""
+    units = [ConvNormAct(in_channels if r == 0 else out_channels, out_channels, dims=dims,
+                         kernel=kernel, norm=norm, act=act, bias=bias) for r in range(repeats)]
+    shortcut = None
+    if in_channels != out_channels:
+        shortcut = nn.Sequential(conv_cls(dims)(in_channels, out_channels, 1, bias=bias),
+                                 NORMS.get(norm)(out_channels, dims))
+    return VNetStage(units, make_act(act, out_channels), dropout, dims, shortcut)
+
+
+class VNetInput(nn.Module):
+    """V-Net's input stage (MONAI's ``InputTransition``): conv k x k -> norm, plus the input
+    repeated to the output width (channels tiled), then act."""
+
+    def __init__(self, in_channels: int, out_channels: int, *, dims: int, kernel: int,
+                 norm: str, act: str, bias: bool) -> None:
+        super().__init__()
+        self.repeats = out_channels // in_channels
+        self.conv = conv_cls(dims)(in_channels, out_channels, kernel, padding=kernel // 2,
+                                   bias=bias)
+        self.norm = NORMS.get(norm)(out_channels, dims)
+        self.act = make_act(act, out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tiled = x.repeat(1, self.repeats, *([1] * (x.dim() - 2)))
+        return self.act(self.norm(self.conv(x)) + tiled)
+
+
+@BLOCKS.register("vnet_input")
+def vnet_input(in_channels: int, out_channels: int, *, dims: int, kernel: int = 5,
+               norm: str = "batch", act: str = "elu", bias: bool = False,
+               **_: object) -> nn.Module:
+    """V-Net's input stage (see :class:`VNetInput`); one conv, so ``repeats`` is not used.
+    The width must be a multiple of the input channels (the input is tiled to it)."""
+    if out_channels % in_channels:
+        raise ValueError(f"the V-Net input stage tiles its {in_channels} input channels to its "
+                         f"width {out_channels}: the width must be a multiple of "
+                         f"{in_channels}")
+    return VNetInput(in_channels, out_channels, dims=dims, kernel=kernel, norm=norm, act=act,
+                     bias=bias)
+
+
+# -- resampling (edge operations) ------------------------------------------------------------
+
+
+class ResampleConv(nn.Module):
+    """A learnable resampling with norm and act: strided conv (down) or transposed conv (up),
+    k = stride = the scale factor, then norm and act (V-Net's down/up transitions)."""
+
+    def __init__(self, conv: nn.Module, norm: nn.Module, act: nn.Module) -> None:
+        super().__init__()
+        self.conv, self.norm, self.act = conv, norm, act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.norm(self.conv(x)))
+
+
+def _learnable(cls_of: Callable[[int], type[nn.Module]]) -> Callable[..., nn.Module]:
+    def build(in_channels: int, out_channels: int, factor: int, dims: int, *,
+              norm: str | None = None, act: str | None = None,
+              bias: bool | None = None) -> nn.Module:
+        conv = cls_of(dims)(in_channels, out_channels, factor, stride=factor,
+                            bias=True if bias is None else bias)
+        if norm is None and act is None:
+            return conv  # the plain form: edges.<u>__<v>.resample.weight
+        return ResampleConv(conv, NORMS.get(norm or "none")(out_channels, dims),
+                            make_act(act or "none", out_channels))
+    return build
+
+
+def _pool(fn_of: Callable[[int], Callable]):
+    def fn(dims: int, factor: float, align_corners: bool):
+        k = int(round(1 / factor))
+        return fn_of(dims), {"kernel_size": k, "stride": k}
+    return fn
+
+
+def _interp(mode: str | None):
+    def fn(dims: int, factor: float, align_corners: bool):
+        kw: dict[str, Any] = {"scale_factor": float(factor), "mode": mode or linear_mode(dims)}
+        if mode is None:
+            kw["align_corners"] = align_corners
+        return F.interpolate, kw
+    return fn
+
+
+RESAMPLERS.register("maxpool")(Resampler("down", fn=_pool(max_pool_fn)))
+RESAMPLERS.register("avgpool")(Resampler("down", fn=_pool(avg_pool_fn)))
+RESAMPLERS.register("conv")(Resampler("down", build=_learnable(conv_cls)))
+RESAMPLERS.register("bilinear")(Resampler("up", fn=_interp(None)))
+RESAMPLERS.register("nearest")(Resampler("up", fn=_interp("nearest")))
+RESAMPLERS.register("transposed")(Resampler("up", build=_learnable(conv_transpose_cls)))
+
+
+def resampler_names(direction: str) -> list[str]:
+    return [n for n in RESAMPLERS if RESAMPLERS.get(n).direction == direction]
 
 
 def init_he(module: nn.Module) -> None:

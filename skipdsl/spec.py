@@ -42,12 +42,45 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=False, populate_by_name=True)
 
 
-class Resample(_Model):
-    """How an edge changes scale: ``down`` when the source is shallower, ``up`` when deeper."""
+def _check_resampler(v: str, direction: str) -> str:
+    from .layers import resampler_names  # the resampling registry (imports torch)
 
-    down: Literal["maxpool", "avgpool", "conv"] = "maxpool"
-    up: Literal["bilinear", "nearest", "transposed"] = "bilinear"
+    names = resampler_names(direction)
+    if v not in names:
+        raise ValueError(f"unknown {direction} resampling '{v}'; {did_you_mean(v, names)}")
+    return v
+
+
+class Resample(_Model):
+    """How an edge changes scale: ``down`` when the source is shallower, ``up`` when deeper
+    (names from the resampling registry, ``skipdsl.layers.RESAMPLERS``). A learnable one
+    (``conv``, ``transposed``) can change the channels (``channels``: an int, or ``level`` =
+    the target level's grid width) and be followed by ``norm`` and ``act`` (V-Net)."""
+
+    down: str = "maxpool"
+    up: str = "bilinear"
     align_corners: bool = True
+    channels: int | Literal["level"] | None = None
+    norm: str | None = None
+    act: str | None = None
+    bias: bool | None = None  # learnable resamplings: conv bias (default true)
+
+    @field_validator("down")
+    @classmethod
+    def _down(cls, v: str) -> str:
+        return _check_resampler(v, "down")
+
+    @field_validator("up")
+    @classmethod
+    def _up(cls, v: str) -> str:
+        return _check_resampler(v, "up")
+
+    @field_validator("channels")
+    @classmethod
+    def _channels(cls, v):
+        if isinstance(v, int) and v <= 0:
+            raise ValueError("channels must be > 0")
+        return v
 
 
 class Project(_Model):
@@ -69,22 +102,53 @@ class Block(_Model):
     act: str = "relu"
     bias: bool = True
     residual: bool = False
+    dropout: float | None = Field(None, ge=0, lt=1)  # blocks that have one (vnet): channel dropout
 
 
 class NodeConfig(_Model):
-    """Per-node settings; ``width: concat`` makes the width equal to the incoming channels."""
+    """Per-node settings; ``width: concat`` makes the width equal to the incoming channels,
+    ``width: x2`` twice the level's grid width (it follows ``widths`` overrides and scaling)."""
 
-    width: int | Literal["concat"] | None = None
+    width: int | Literal["concat"] | Annotated[str, Field(pattern=r"^x\d+(\.\d+)?$")] | None = None
     block: dict[str, Any] | None = None
     aggregate: Literal["concat", "sum"] | None = None
     checkpoint: bool | None = None  # recompute this node (resampling, concat, block) in backward
+    # concatenation order of the inputs: shallow_first (default: by source level, column) or
+    # deep_first (the upsampled deeper input first, as V-Net's cat(up, skip))
+    order: Literal["shallow_first", "deep_first"] | None = None
 
     @field_validator("width")
     @classmethod
     def _positive(cls, v):
         if isinstance(v, int) and v <= 0:
             raise ValueError("width must be > 0")
+        if isinstance(v, str) and v != "concat" and float(v[1:]) <= 0:
+            raise ValueError("a width multiplier must be > 0")
         return v
+
+
+class EncoderConfig(NodeConfig):
+    """The encoder column's settings; ``backbone`` puts a torchvision network's stages there
+    (skipdsl.backbones), ``weights`` is ``none`` or the path of its state dict (local only)."""
+
+    backbone: str | None = None
+    weights: str | None = None
+
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, v):
+        from .backbones import BACKBONES
+
+        if v is not None and v not in BACKBONES:
+            raise ValueError(f"unknown backbone '{v}'; {did_you_mean(v, BACKBONES)}")
+        return v
+
+    @model_validator(mode="after")
+    def _weights_need_backbone(self):
+        if self.weights is not None and self.weights != "none" and self.backbone is None:
+            raise ValueError("encoder.weights needs encoder.backbone (weights load into a "
+                             "torchvision backbone)")
+        return self
 
 
 class EdgeRule(_Model):
@@ -96,6 +160,7 @@ class EdgeRule(_Model):
     to: list[str] | None = None
     resample: Resample | None = None
     project: Project | None = None
+    dropout: float | None = Field(None, ge=0, lt=1)  # channel dropout before the resampling
 
     @model_validator(mode="before")
     @classmethod
@@ -118,6 +183,7 @@ class Edge(_Model):
     scale: float | None = None
     resample: Resample | None = None
     project: Project | None = None
+    dropout: float | None = Field(None, ge=0, lt=1)
 
 
 def _edge_kind(v: Any) -> str:
@@ -137,6 +203,7 @@ class Head(_Model):
     the node's size (the loss then pools the ground truth down)."""
 
     node: str
+    type: str | None = None  # head registry (skipdsl.heads.HEADS): conv (default), vnet_output
     kernel: int = Field(1, gt=0)
     main: bool = False
     match: Literal["upsample", "pool"] = "upsample"
@@ -179,7 +246,7 @@ class Spec(_Model):
     grid: Grid
     nodes: Union[Literal["triangle", "diagonal"], list[str]] = "triangle"
     defaults: Defaults = Field(default_factory=Defaults)
-    encoder: NodeConfig = Field(default_factory=NodeConfig)
+    encoder: EncoderConfig = Field(default_factory=EncoderConfig)
     decoder: NodeConfig = Field(default_factory=NodeConfig)
     node_overrides: dict[str, NodeConfig] = Field(default_factory=dict)
     edges: list[AnyEdge] = Field(default_factory=list)
@@ -213,6 +280,19 @@ class Spec(_Model):
             raise ValueError("at least one head is needed, e.g. heads: [{node: x_0_4, main: true}]")
         if sum(h.main for h in self.heads) > 1:
             raise ValueError("more than one head has main: true; mark exactly one")
+        if self.encoder.backbone:
+            from .backbones import BACKBONES
+
+            n = len(BACKBONES.get(self.encoder.backbone).channels)
+            if self.dims != 2:
+                raise ValueError(f"backbone {self.encoder.backbone} is a 2D torchvision "
+                                 f"network; use dims: 2 (found dims: {self.dims})")
+            if self.depth > n:
+                raise ValueError(f"backbone {self.encoder.backbone} has {n} stages; grid.depth "
+                                 f"must be at most {n} (found {self.depth})")
+            if self.encoder.block or self.encoder.width is not None:
+                raise ValueError("encoder.block and encoder.width do not apply to a backbone: "
+                                 "its stages fix the encoder's layers and channels")
         return self
 
     # -- derived -------------------------------------------------------------------------
@@ -223,6 +303,20 @@ class Spec(_Model):
     @property
     def depth(self) -> int:
         return self.grid.depth
+
+    @property
+    def first_scale_log2(self) -> int:
+        """x_0_0 sits at 1 / 2**this of the input (1 for a backbone with a stride-2 stem)."""
+        if not self.encoder.backbone:
+            return 0
+        from .backbones import BACKBONES
+
+        return BACKBONES.get(self.encoder.backbone).first_scale_log2
+
+    @property
+    def input_multiple(self) -> int:
+        """Input sizes must be multiples of this: the deepest level's downsampling."""
+        return 2 ** (self.depth - 1 + self.first_scale_log2)
 
     @property
     def main_head(self) -> Head:
@@ -244,6 +338,22 @@ class Spec(_Model):
         data.update(changes)
         out = from_dict(data, source=self.source)
         return out
+
+    def with_backbone(self, backbone: str | None, weights: str | None = None,
+                      rename: bool = False) -> "Spec":
+        """This spec over a torchvision encoder (``encoder: {backbone, weights}``); the
+        encoder's own block/width settings are dropped (the backbone fixes them). ``rename``
+        appends the backbone to the name (``unetsharp_resnet101``)."""
+        if backbone is None and weights is None:
+            return self
+        data = self.to_dict()
+        enc = {k: v for k, v in data.get("encoder", {}).items() if k not in ("block", "width")}
+        enc.update({k: v for k, v in (("backbone", backbone), ("weights", weights)) if v})
+        data["encoder"] = enc
+        bb = enc.get("backbone")
+        if rename and bb and not data["name"].endswith(f"_{bb}"):
+            data["name"] = f"{data['name']}_{bb}"
+        return from_dict(data, source=self.source)
 
     def hash(self) -> str:
         """A stable hash of the spec's content (graph-level canonical hash: skipdsl.graph).
@@ -404,9 +514,15 @@ def zoo_dir():
     return resources.files("skipdsl") / "zoo"
 
 
-def list_models() -> list[str]:
-    """Names of the zoo specs shipped with the package."""
-    return sorted(p.name[:-5] for p in zoo_dir().iterdir() if p.name.endswith(".yaml"))
+def list_models(dims: int | None = 2) -> list[str]:
+    """Names of the zoo specs shipped with the package whose spec is ``dims``-D: 2 (the
+    default) is the UNet family that ``bench run --models all`` and the search use (each
+    also runs in 3D), 3 the V-Net family (3D-native), ``None`` all of them."""
+    names = sorted(p.name[:-5] for p in zoo_dir().iterdir() if p.name.endswith(".yaml"))
+    if dims is None:
+        return names
+    return [n for n in names
+            if (yaml.safe_load((zoo_dir() / f"{n}.yaml").read_text()) or {}).get("dims", 2) == dims]
 
 
 def resolve(name_or_path: str | Path) -> tuple[str, str]:

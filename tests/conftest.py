@@ -1,4 +1,5 @@
 import os
+import random
 
 import pytest
 import torch
@@ -21,3 +22,24 @@ def write_spec(tmp_path):
         p.write_text(text)
         return p
     return _write
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test (two threads on two busy cores are slower than one)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+class RandomTrial:
+    """Stands in for an Optuna trial: uniform choices from a seeded generator."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(seed)
+        self.params: dict = {}
+
+    def suggest_categorical(self, name, choices):
+        self.params[name] = self.rng.choice(list(choices))
+        return self.params[name]

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import skipdsl
+from conftest import RandomTrial
 from skipdsl import SpecError
 from skipdsl.search.objective import SearchConfig, prepare
 from skipdsl.search.space import (SearchSpace, active_spec, list_spaces, load_space,
@@ -18,16 +19,6 @@ NODE_KEYS = ("level", "column", "kind", "width", "in_channels", "block", "aggreg
 EDGE_KEYS = ("op", "factor", "project", "align_corners")
 
 
-class RandomTrial:
-    """Stands in for an Optuna trial: uniform choices from a seeded generator."""
-
-    def __init__(self, seed: int) -> None:
-        self.rng = random.Random(seed)
-        self.params: dict = {}
-
-    def suggest_categorical(self, name, choices):
-        self.params[name] = self.rng.choice(list(choices))
-        return self.params[name]
 
 
 def isomorphic(a: nx.DiGraph, b: nx.DiGraph) -> bool:

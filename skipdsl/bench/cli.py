@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--epochs", type=int, default=None, help="override the budget's epochs")
     r.add_argument("--n", type=int, default=None, help="override the budget's images per set")
     r.add_argument("--widths", default=None, help="override widths: a base (8) or a list")
+    r.add_argument("--backbone", default=None,
+                   help="torchvision encoder under every model (2D): vgg16_bn, resnet34, "
+                   "resnet50, resnet101; random init (weights only from a spec's local file)")
     r.add_argument("--batch-size", type=int, default=None)
     r.add_argument("--lr", type=float, default=None)
     r.add_argument("--loss", default=None, help="override the specs' losses")
@@ -147,7 +150,7 @@ def _cmd_run(a: argparse.Namespace) -> int:
                  "save_weights": False if a.no_weights else None,
                  "fast": None if a.fast is None else normalize(a.fast)}
     trials = runner.plan(models, datasets, seeds=seeds, deep_supervision=a.ds, budget=a.budget,
-                         overrides=overrides)
+                         overrides=overrides, backbone=a.backbone)
     from rich.console import Console
 
     console = Console(stderr=True)
@@ -174,7 +177,7 @@ def _cmd_list(a: argparse.Namespace) -> int:
     from skipdsl.data import list_datasets
 
     print("models:")
-    for m in skipdsl.list_models():
+    for m in skipdsl.list_models(dims=None):
         spec = skipdsl.load(m)
         print(f"  {m:<12} {spec.description}")
     from skipdsl.baselines import BASELINES

@@ -83,8 +83,12 @@ def plan(
     deep_supervision: str = "off",
     budget: str = "smoke",
     overrides: dict[str, Any] | None = None,
+    backbone: str | None = None,
 ) -> list[Trial]:
     """The trials of a sweep, in a stable order, without duplicates.
+
+    ``backbone`` puts a torchvision encoder under every model (``unet`` becomes the spec
+    ``unet_resnet34``, sent as its content; see :mod:`skipdsl.backbones`).
 
     ``deep_supervision``: 'off', 'on' or 'both'. Models with a single head (UNet) have no deep
     supervision: they get only the DS-off trial. ``overrides`` are trainer config keys (see
@@ -115,6 +119,11 @@ def plan(
     trials: dict[str, Trial] = {}
     for m in models:
         ref, spec = _model_ref(m)
+        if backbone:
+            if getattr(spec, "is_baseline", False):
+                raise ValueError(f"--backbone applies to DSL specs, not the baseline '{m}'")
+            spec = spec.with_backbone(backbone, rename=True)
+            ref = spec.to_dict()
         h = skipdsl.spec_hash(spec)
         ds_modes = [d for d in modes if not d or len(spec.heads) > 1]
         for dataset in datasets:

@@ -4,8 +4,10 @@ A space names, for every dimension of the network, either one fixed value or a l
 (a list means "choose one"): depth, widths (base, growth, per-level multipliers), the node set,
 block settings of encoder and decoder, decoder width (per level, or ``concat``), candidate
 edges (by rule or one by one; each can be off, on, or on with a projection to C channels),
-head kernel, deep supervision with its head set, and CGM; and, per budget, the widths scale and
-epochs the search trains at. See ``search/spaces/default.yaml``.
+head kernel, deep supervision with its head set, and CGM; optionally the encoder backbone
+(``backbone: [none, resnet34, vgg16_bn]``: ``none`` is the grid's own conv encoder, a name puts
+that torchvision network's stages in the encoder column, ``skipdsl.backbones``); and, per
+budget, the widths scale and epochs the search trains at. See ``search/spaces/default.yaml``.
 
 Three functions carry a point through the space:
 
@@ -26,7 +28,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, Union
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..errors import SpecError, did_you_mean
@@ -36,6 +37,7 @@ DEFAULT_SPACE = "default"
 DS_HEADS = ("pruning", "hierarchical", "all")
 CGM_VARIANTS = ("none", "unet3p", "unetsharp")
 OFF, ON = "off", "on"
+NO_BACKBONE = "none"  # the backbone choice of the grid's own (DSL) encoder
 
 Scalar = Union[bool, int, float, str]
 
@@ -159,6 +161,8 @@ class SearchSpace(_Model):
     deep_supervision: bool | list[bool] = False
     ds_heads: Union[str, list[str]] = "all"
     cgm: Union[str, list[str]] = "none"
+    # encoder backbone choices (none = the grid's own encoder); absent: no backbone dimension
+    backbone: Union[str, list[str], None] = None
     budgets: dict[str, BudgetSettings] = Field(
         default_factory=lambda: {k: BudgetSettings(**v) for k, v in DEFAULT_BUDGETS.items()})
     source: str | None = Field(None, exclude=True)
@@ -178,6 +182,27 @@ class SearchSpace(_Model):
                              f"{did_you_mean(unknown[0], Spec.model_fields)}")
         return v
 
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbones(cls, v):
+        from ..backbones import BACKBONES
+
+        if v is None:
+            return v
+        valid = [NO_BACKBONE, *BACKBONES]
+        choices = [str(c) for c in _choices(v)]
+        if not choices:
+            raise ValueError("give a backbone or a list of choices, e.g. [none, resnet34]; "
+                             + did_you_mean("", valid))
+        for c in choices:
+            if c not in valid:
+                raise ValueError(f"unknown backbone '{c}'; {did_you_mean(c, valid)} "
+                                 f"(none: the grid's own encoder)")
+        dup = sorted({c for c in choices if choices.count(c) > 1})
+        if dup:
+            raise ValueError(f"backbone '{dup[0]}' is listed twice")
+        return v
+
     @model_validator(mode="after")
     def _check(self) -> "SearchSpace":
         for v in _choices(self.ds_heads):
@@ -186,6 +211,7 @@ class SearchSpace(_Model):
         for v in _choices(self.cgm):
             if v not in CGM_VARIANTS:
                 raise ValueError(f"cgm: unknown variant '{v}'; {did_you_mean(v, CGM_VARIANTS)}")
+        self._check_backbone()
         for v in _choices(self.nodes):
             if isinstance(v, str) and v not in ("triangle", "diagonal"):
                 raise ValueError(f"nodes: '{v}' is not a node set; use triangle, diagonal or a "
@@ -204,6 +230,31 @@ class SearchSpace(_Model):
                              f"{max(depths)}; give one entry (or choice list) per level")
         return self
 
+    def backbone_choices(self) -> list[str]:
+        """The backbone dimension's choices (``none`` = the grid's own encoder); ``[]`` when the
+        space has no backbone key."""
+        return [] if self.backbone is None else [str(v) for v in _choices(self.backbone)]
+
+    def _check_backbone(self) -> None:
+        """Known names, and nothing in the space that a backbone cannot be: 2D only, and no
+        deeper than its stages (the backbone fixes the encoder's blocks and channels; the
+        space's widths are the decoder's, and its encoder_block applies to ``none`` only)."""
+        from ..backbones import BACKBONES
+
+        named = [v for v in self.backbone_choices() if v != NO_BACKBONE]
+        if not named:
+            return
+        dims = self.fixed.get("dims", 2)
+        if dims != 2:
+            raise ValueError(f"backbone: {', '.join(named)}: 2D torchvision networks only, but "
+                             f"fixed.dims is {dims}; use dims: 2 or drop the backbone key")
+        deepest = max(_choices(self.depth))
+        for v in named:
+            n = len(BACKBONES.get(v).channels)
+            if deepest > n:
+                raise ValueError(f"backbone: {v} has {n} stages but depth can be {deepest}; "
+                                 f"keep depth at most {n} or drop {v}")
+
     # -- parameters ---------------------------------------------------------------------
     def node_choices(self) -> list[str]:
         """Node-set choices as parameter values: 'triangle', 'diagonal' or 'x_0_0,x_1_0,...'."""
@@ -212,9 +263,10 @@ class SearchSpace(_Model):
     def dimensions(self, depth: int | None = None) -> list[tuple[str, list]]:
         """Every (parameter, choices) pair; ``depth`` limits the per-level ones."""
         w = self.widths
-        dims: list[tuple[str, list]] = [("depth", _choices(self.depth)),
-                                        ("width_base", _choices(w.base)),
-                                        ("width_growth", _choices(w.growth))]
+        dims: list[tuple[str, list]] = [("depth", _choices(self.depth))]
+        if self.backbone is not None:
+            dims.append(("backbone", self.backbone_choices()))
+        dims += [("width_base", _choices(w.base)), ("width_growth", _choices(w.growth))]
         levels = max(_choices(self.depth)) if depth is None else depth
         for i, m in enumerate((w.multipliers or [])[:levels]):
             dims.append((f"width_mult_{i}", _choices(m)))
@@ -234,27 +286,42 @@ class SearchSpace(_Model):
         """Number of distinct points (conditional parameters counted where they apply)."""
         total = 0
         for d in _choices(self.depth):
-            n = 1
+            n = enc = 1
             for name, ch in self.dimensions(d):
-                if name in ("depth", "ds_heads"):
+                if name in ("depth", "ds_heads", "backbone"):
                     continue
                 if name == "deep_supervision":
                     n *= (False in ch) + (True in ch) * len(_choices(self.ds_heads))
+                elif name.startswith("enc_"):
+                    enc *= len(ch)
                 else:
                     n *= len(ch)
-            total += n
+            bbs = self.backbone_choices() or [NO_BACKBONE]
+            # encoder block settings apply to the grid's own encoder only
+            total += n * sum(enc if b == NO_BACKBONE else 1 for b in bbs)
         return total
+
+    @staticmethod
+    def _applies(name: str, point: dict[str, Any]) -> bool:
+        """Whether a conditional dimension exists at ``point``: ``ds_heads`` with deep
+        supervision on, ``enc_*`` (the encoder's block) without a backbone."""
+        if name == "ds_heads":
+            return bool(point["deep_supervision"])
+        if name.startswith("enc_"):
+            return point.get("backbone", NO_BACKBONE) == NO_BACKBONE
+        return True
 
     def suggest(self, trial: Any) -> dict[str, Any]:
         """Ask an Optuna trial (or anything with ``suggest_categorical``) for a point.
 
         Only dimensions with more than one choice become trial parameters; ``width_mult_i``
-        exists for the sampled depth only and ``ds_heads`` only with deep supervision on.
+        exists for the sampled depth only, ``ds_heads`` only with deep supervision on and the
+        encoder block's ``enc_*`` only without a backbone.
         """
         point: dict[str, Any] = {}
         depth = self._pick(trial, "depth", _choices(self.depth), point)
         for name, ch in self.dimensions(depth):
-            if name == "depth" or (name == "ds_heads" and not point["deep_supervision"]):
+            if name == "depth" or not self._applies(name, point):
                 continue
             self._pick(trial, name, ch, point)
         return point
@@ -278,6 +345,8 @@ class SearchSpace(_Model):
         for name, ch in dims.items():
             if name == "ds_heads" and not point.get("deep_supervision",
                                                     _choices(self.deep_supervision)[0]):
+                continue
+            if name.startswith("enc_") and out.get("backbone", NO_BACKBONE) != NO_BACKBONE:
                 continue
             v = point.get(name, ch[0])
             if v not in ch:
@@ -307,7 +376,10 @@ class SearchSpace(_Model):
         }
         enc = {k[4:]: p[k] for k in p if k.startswith("enc_")}
         dec = {k[4:]: p[k] for k in p if k.startswith("dec_")}
-        if enc:
+        backbone = p.get("backbone", NO_BACKBONE)
+        if backbone != NO_BACKBONE:  # its stages fix the encoder (no weights: none is trained)
+            data["encoder"] = {"backbone": backbone, "weights": "none"}
+        elif enc:
             data["encoder"] = {"block": enc}
         data["decoder"] = {**({"block": dec} if dec else {}),
                            **({"width": "concat"} if p["decoder_width"] == "concat" else {})}
@@ -386,6 +458,9 @@ class SearchSpace(_Model):
             return value
 
         p: dict[str, Any] = {"depth": need("depth", depth, _choices(self.depth))}
+        backbone = spec.encoder.backbone or NO_BACKBONE
+        if self.backbone is not None or backbone != NO_BACKBONE:
+            p["backbone"] = need("backbone", backbone, self.backbone_choices() or [NO_BACKBONE])
         p.update(self._width_point(spec, need))
         nodes = spec.nodes if isinstance(spec.nodes, str) else None
         if nodes is None:  # an explicit list: match a set choice by its nodes
@@ -397,6 +472,8 @@ class SearchSpace(_Model):
         base_block = spec.defaults.block.model_dump()
         for part, blk_space, cfg in (("enc", self.encoder_block, spec.encoder),
                                      ("dec", self.decoder_block, spec.decoder)):
+            if part == "enc" and backbone != NO_BACKBONE:
+                continue  # the backbone's stages, not the space's encoder block
             blk = {**base_block, **(cfg.block or {})}
             for k, ch in blk_space.items():
                 p[f"{part}_{k}"] = need(f"{part}_{k}", blk[k], _choices(ch))
@@ -470,7 +547,10 @@ class SearchSpace(_Model):
     # -- identity -------------------------------------------------------------------------
     def fingerprint(self) -> str:
         """A hash of the space's content (stored with a study to refuse mixing spaces)."""
-        blob = json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True)
+        data = self.model_dump(mode="json", by_alias=True)
+        if data.get("backbone") is None:  # a space without the key keeps its fingerprint
+            data.pop("backbone", None)
+        blob = json.dumps(data, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def budget(self, name: str) -> BudgetSettings:
@@ -535,26 +615,29 @@ def list_spaces() -> list[str]:
 
 
 def loads_space(text: str, *, source: str | None = None) -> SearchSpace:
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise SpecError(f"YAML syntax error: {getattr(e, 'problem', e)}", file=source,
-                        line=mark.line + 1 if mark else None) from None
+    """A space from YAML text; a bad one raises ``SpecError`` with the file and line."""
+    from ..spec import _clean_loc, _line_for, _read_yaml
+
+    data, lines = _read_yaml(text, source)
     if not isinstance(data, dict):
-        raise SpecError("a search space must be a YAML mapping", file=source)
+        raise SpecError("a search space must be a YAML mapping", file=source, line=1)
     try:
         space = SearchSpace.model_validate(data)
     except ValidationError as err:
         e = err.errors()[0]
-        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        loc = _clean_loc(tuple(e["loc"]), data)
         msg = e["msg"].removeprefix("Value error, ")
+        if not loc:  # a check of the whole space names its key first ("depth: ...")
+            key, _, rest = msg.partition(": ")
+            if key in data:
+                loc, msg = (key,), rest
+        where = ".".join(str(p) for p in loc) or "(top level)"
         hint = None
         if e["type"] == "extra_forbidden":
             hint = did_you_mean(str(e["loc"][-1]), [f.alias or n for n, f in
                                                      SearchSpace.model_fields.items()])
         raise SpecError(f"search space: bad value at {where}: {msg}", file=source,
-                        hint=hint) from None
+                        line=_line_for(loc, lines) if loc else None, hint=hint) from None
     space.source = source
     return space
 
