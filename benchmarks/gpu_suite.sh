@@ -32,8 +32,9 @@
 # runs beside another, within that one's limit. The dry run groups its stages differently (its
 # toy stages time nothing, and each process spends most of its seconds importing torch and
 # MONAI on one core): speed-2d, speed-2d-fast, compile-warm and fast-path beside table1
-# (80 s), speed-3d and speed-3d-fast beside trials-per-hour (90 s); measured on 2 quiet cores
-# with torch 2.14.1, the groups' stages take about 10-45 s and 15-55 s one at a time.
+# (85 s), speed-3d and speed-3d-fast beside trials-per-hour (90 s). Measured on 2 quiet cores
+# with torch 2.14.1 (tests/test_gpu_suite.py): table1 67 s with the four beside it (27-44 s
+# each), trials-per-hour 73 s with the 3D pair (19 s each); 150 s in all.
 #
 #   stage            GPU  dry  what
 #   setup             20    0  the wheel bundle into /tmp/site (below; the dry run has none)
@@ -42,17 +43,17 @@
 #                              + 2 memory steps = 9 train and 9 infer steps a kind; UNet 3+
 #                              (160 / 389 img/s in REFERENCE.md) 18 x 0.8 s + 18 x 0.33 s = 20
 #                              s, UNet# 15, UNet++ 5, WUNet 3, UNet 2, start-up 5: about 50
-#   table1           220   80  16 trials (unet, wunet: DS off; unetpp, unet3p, unetsharp: off
+#   table1           220   85  16 trials (unet, wunet: DS off; unetpp, unet3p, unetsharp: off
 #                              and on; x nuclei2d, liver2d), --budget short --epochs 10 (272
 #                              train images, batch 16: 170 steps), 4 at a time at 0.25 GPU:
 #                              a trial ~12 s fixed (worker start, CUDA, data, 200 test images,
 #                              pruning levels) + 170 steps x <= 0.15 s sharing the GPU = ~38 s,
 #                              4 waves = ~150 s, + Ray start and the datasets' generation ~20 s
 #                              = ~170 s expected, stopped at 220 (about 4 minutes in all)
-#     compile-warm  (220) (80) beside table1, +0: bench speed --compile-only --fast, UNet# 2D,
+#     compile-warm  (220) (85) beside table1, +0: bench speed --compile-only --fast, UNet# 2D,
 #                              UNet# 3D, then the other four: torch.compile's on-disk caches
 #                              (FX graph, AOT autograd, Triton) for the stages below
-#     fast-path     (220) (80) beside table1, +0: CUDA graphs, bf16, channels_last, compile,
+#     fast-path     (220) (85) beside table1, +0: CUDA graphs, bf16, channels_last, compile,
 #                              all parts, a train step, the trainer with fast: on; vs eager
 #   speed-2d-fast     75  (40) bench speed --fast, UNet# first: with warm caches ~5-10 s of
 #                              tracing and capture a kind, then timing; what is not reached by
@@ -62,7 +63,7 @@
 #   trials-per-hour   55   90  4 UNet# trials (short, 2 epochs, 64 images) one at a time
 #                              (4 x ~9 s) then 4 sharing at 0.25 GPU (~12 s), Ray start ~8 s
 #   summary           10    5  summary.md from the stages' files
-#   total            475  175  <= 480 s (8 minutes) on a GPU, <= 180 s (3 minutes) dry
+#   total            475  180  <= 480 s (8 minutes) on a GPU, <= 180 s (3 minutes) dry
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)

@@ -117,11 +117,11 @@ class Stage:
 STAGES: tuple[Stage, ...] = (
     Stage("speed-2d", 50, 40, "bench speed, 5 zoo models, eager fp32, 2D 96x96 batch 128",
           dry_beside="table1"),
-    Stage("table1", 220, 80, "bench run: 5 models x nuclei2d, liver2d x DS off/on, 1 seed, "
+    Stage("table1", 220, 85, "bench run: 5 models x nuclei2d, liver2d x DS off/on, 1 seed, "
           "Ray, 0.25 GPU a trial"),
-    Stage("compile-warm", 220, 80, "bench speed --compile-only --fast: torch.compile's caches "
+    Stage("compile-warm", 220, 85, "bench speed --compile-only --fast: torch.compile's caches "
           "for the fast stages", beside="table1"),
-    Stage("fast-path", 220, 80, "CUDA graphs, bf16, channels_last, compile, a train step and "
+    Stage("fast-path", 220, 85, "CUDA graphs, bf16, channels_last, compile, a train step and "
           "the trainer vs eager fp32", beside="table1"),
     Stage("speed-2d-fast", 75, 40, "bench speed --fast (bf16, channels_last, compile, CUDA "
           "graphs), 5 models, 2D", dry_beside="table1"),
