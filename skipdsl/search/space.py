@@ -236,8 +236,8 @@ class SearchSpace(_Model):
         return [] if self.backbone is None else [str(v) for v in _choices(self.backbone)]
 
     def _check_backbone(self) -> None:
-        """Known names, and nothing in the space that a backbone cannot be: 2D only, and no
-        deeper than its stages (the backbone fixes the encoder's blocks and channels; the
+        """Nothing in the space that a named backbone cannot be (the field validator has
+        already checked the names): 2D only, and no deeper than its stages (the backbone fixes the encoder's blocks and channels; the
         space's widths are the decoder's, and its encoder_block applies to ``none`` only)."""
         from ..backbones import BACKBONES
 
