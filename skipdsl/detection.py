@@ -73,6 +73,10 @@ class PyramidBackbone(nn.Module):
             init_fpn(self.body)         # convs get FeaturePyramidNetwork's
 
 
+    def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+        return OrderedDict(self.body(x))
+
+
 def init_fpn(model: nn.Module) -> None:
     """torchvision ``FeaturePyramidNetwork``'s init (``kaiming_uniform_(a=1)``, bias 0) for
     every convolution of a compiled pyramid outside its encoder column (x_i_0)."""
@@ -83,19 +87,17 @@ def init_fpn(model: nn.Module) -> None:
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
 
-    def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
-        return OrderedDict(self.body(x))
-
 
 def maskrcnn(spec: "str | Spec", num_classes: int = 2, *, in_channels: int | None = None,
              anchor_sizes: Sequence[int] | None = None, image_size: int | None = None,
              image_mean: Sequence[float] | None = None, image_std: Sequence[float] | None = None,
-             **kwargs: Any) -> nn.Module:
+             roi_width: int | None = None, **kwargs: Any) -> nn.Module:
     """``torchvision.models.detection.MaskRCNN`` over a pyramid spec (``num_classes`` counts
     the background). ``anchor_sizes``: one size per pyramid level ('pool' included; default
     torchvision's 32..512), aspect ratios 0.5, 1, 2. ``image_size``: the transform's min and
     max size (default torchvision's 800/1333). ``image_mean``/``image_std``: the transform's
-    normalisation (default ImageNet's); ``kwargs`` go to ``MaskRCNN`` (box_batch_size_per_image,
+    normalisation (default ImageNet's). ``roi_width``: the mask head's conv width and a
+    quarter of the box head's MLP width (default torchvision's 256 and 1024); ``kwargs`` go to ``MaskRCNN`` (box_batch_size_per_image,
     box_detections_per_img, ...). Returns the detector; ``detector.backbone.body`` is the
     compiled pyramid (``.code``, ``.dag``)."""
     from torchvision.models.detection import MaskRCNN
@@ -115,6 +117,17 @@ def maskrcnn(spec: "str | Spec", num_classes: int = 2, *, in_channels: int | Non
     n_in = in_channels or backbone.spec.in_channels
     if image_mean is None and n_in != 3:
         image_mean, image_std = [0.0] * n_in, [1.0] * n_in
+    if roi_width is not None:  # torchvision's RoI heads at another width (ratios kept)
+        from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+        from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+
+        c, rep = backbone.out_channels, 4 * int(roi_width)
+        kwargs.setdefault("box_head", TwoMLPHead(c * 7 * 7, rep))
+        kwargs.setdefault("box_predictor", FastRCNNPredictor(rep, num_classes))
+        kwargs.setdefault("mask_head", MaskRCNNHeads(c, (int(roi_width),) * 4, 1))
+        kwargs.setdefault("mask_predictor", MaskRCNNPredictor(int(roi_width), int(roi_width),
+                                                              num_classes))
+        num_classes = None  # given to the predictors (MaskRCNN refuses both)
     names = [str(k) for k in range(len(backbone.spec.pyramid.nodes))]
     if "box_roi_pool" not in kwargs:
         from torchvision.ops import MultiScaleRoIAlign
