@@ -114,6 +114,8 @@ BUDGETS: dict[str, Budget] = {
 #: Config keys and their defaults; ``None`` means "from the budget / the spec / the dataset".
 DEFAULTS: dict[str, Any] = {
     "model": None,  # zoo name, path to a YAML spec, or a spec dict (Spec.to_dict())
+    # semantic (this module) or instance (Mask R-CNN over a pyramid spec: skipdsl.train.instance)
+    "task": "semantic",
     "dataset": None,  # a name from skipdsl.data.list_datasets()
     "seed": 0,
     "deep_supervision": False,
@@ -169,6 +171,8 @@ def resolve_config(config: dict[str, Any]) -> dict[str, Any]:
         raise ValueError("config needs 'model' and 'dataset'")
     if out["budget"] not in BUDGETS:
         raise ValueError(f"unknown budget '{out['budget']}'; valid: {', '.join(BUDGETS)}")
+    if out["task"] not in ("semantic", "instance"):
+        raise ValueError(f"unknown task '{out['task']}'; valid: semantic, instance")
     if out["head_init"] not in ("prior", "he"):
         raise ValueError(f"unknown head_init '{out['head_init']}'; valid: prior, he")
     if out["fast"] is not None:
@@ -559,6 +563,10 @@ def _throughput(model, shape, eval_bs, iters, device, is3d) -> float:
 def planned_epochs(config: dict[str, Any]) -> int:
     """The number of epochs a config will train (for progress bars)."""
     cfg = resolve_config(config)
+    if cfg["task"] == "instance":
+        from .instance import INSTANCE_BUDGETS
+
+        return int(cfg["epochs"] or INSTANCE_BUDGETS[cfg["budget"]].epochs)
     b = BUDGETS[cfg["budget"]]
     return int(cfg["epochs"] or (b.epochs_3d if _is_3d(cfg["dataset"], cfg["data_root"])
                                  else b.epochs))
