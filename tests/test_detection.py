@@ -154,6 +154,8 @@ def test_instance_targets_from_dsb2018_fixture(tmp_path):
 
 
 def test_mask_ap_and_union():
+    pytest.importorskip("torchmetrics")
+    pytest.importorskip("pycocotools")
     from skipdsl.train.instance import instance_targets, mask_ap, union_masks
 
     inst = np.zeros((32, 32), np.int32)
