@@ -206,7 +206,7 @@ def build_graph(spec: "Spec | str") -> nx.DiGraph:
                 targets = [_parse_in_grid(spec, t, where=f"rule {e.rule}: to") for t in e.to]
             for i, j in targets:
                 for s in _rule_sources(e.rule, i, j, nodes, depth, e.min_k, e.max_k):
-                    if e.sources != "all" and (s[1] == 0) != (e.sources == "encoder"):
+                    if e.sources is not None and (s[1] == 0) != (e.sources == "encoder"):
                         continue
                     add_edge(s, (i, j), e.rule, e.resample, e.project, dropout=e.dropout)
         else:

@@ -158,9 +158,9 @@ class EdgeRule(_Model):
     min_k: int | None = Field(None, ge=0)
     max_k: int | None = Field(None, ge=0)
     to: list[str] | None = None
-    # which of the rule's sources it connects: all (default), only encoder nodes (x_i_0) or only
+    # which of the rule's sources it connects: all (unset), only encoder nodes (x_i_0) or only
     # decoder nodes; a feature pyramid gives the edges out of the backbone a lateral projection
-    sources: Literal["all", "encoder", "decoder"] = "all"
+    sources: Literal["encoder", "decoder"] | None = None
     resample: Resample | None = None
     project: Project | None = None
     dropout: float | None = Field(None, ge=0, lt=1)  # channel dropout before the resampling
