@@ -171,3 +171,30 @@ def test_mask_ap_and_union():
     assert u.shape == (2, 1, 32, 32)
     assert torch.equal(u[0, 0].bool(), torch.from_numpy(inst > 0))
     assert u[1].sum() == 64
+
+
+def test_instance_bench_sweep_resumes_and_reports(tmp_path, one_thread):
+    """bench run --task instance through the runner (local backend) on a DSB2018 fixture:
+    results with AP/AP50, Table 2 in the report, and a rerun that skips the finished trial."""
+    pytest.importorskip("torchmetrics")
+    import pandas as pd
+
+    from skipdsl.bench.cli import main
+    from skipdsl.data import fixtures
+
+    fixtures.write_dsb2018(tmp_path / "data", n_cases=6, size=24)
+    out = tmp_path / "run"
+    argv = ["run", "--task", "instance", "--models", "maskrcnn_fpn", "--datasets", "dsb2018",
+            "--data-root", str(tmp_path / "data"), "--budget", "smoke", "--epochs", "1",
+            "--backend", "local", "--no-progress", "--out", str(out)]
+    assert main(argv) == 0
+    df = pd.read_csv(out / "results.csv")
+    row = df.iloc[0]
+    assert len(df) == 1 and row["status"] == "ok" and row["task"] == "instance"
+    assert row["model"] == "maskrcnn_fpn" and row["backbone"] == "resnet34"
+    assert 0 <= row["ap50"] <= 1 and 0 <= row["iou"] <= 1 and row["params"] > 2e7
+    report = (out / "report.md").read_text()
+    assert "## Table 2" in report and "| maskrcnn_fpn | resnet34 | dsb2018 | 1 |" in report
+    mtime = (out / "trials" / row["trial_key"] / "result.json").stat().st_mtime
+    assert main(argv) == 0  # resume: the finished trial is skipped
+    assert (out / "trials" / row["trial_key"] / "result.json").stat().st_mtime == mtime

@@ -288,7 +288,7 @@ def _run(cfg: dict[str, Any], report: Callable[[int, float], Any] | None) -> dic
             loss.backward()
             opt.step()
             sched.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         preds = _predict(model, images[val_idx].to(device), bs * 2)
         vm = mask_ap(preds, val_targets)
         um = aggregate(case_metrics(union_masks(preds, tuple(images.shape[2:])),
