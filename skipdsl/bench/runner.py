@@ -244,12 +244,7 @@ def run_trial(trial: Trial | dict[str, Any],
     if isinstance(trial, dict):
         trial = Trial(**trial)
     try:
-        if trial.config.get("task") == "instance":
-            from skipdsl.train.instance import train_and_evaluate_instance
-
-            result = train_and_evaluate_instance(trial.config, report=report)
-        else:
-            result = train_and_evaluate(trial.config, report=report)
+        result = train_and_evaluate(trial.config, report=report)  # semantic or instance
     except Exception as err:  # the sweep goes on; the reason is recorded
         result = _failure(trial, _reason(err))
     result["node"] = socket.gethostname()

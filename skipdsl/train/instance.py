@@ -33,7 +33,7 @@ import torch
 
 from .augment import AugmentConfig, augment_batch
 
-__all__ = ["InstanceBudget", "INSTANCE_BUDGETS", "instance_targets", "mask_ap",
+__all__ = ["InstanceBudget", "INSTANCE_BUDGETS", "instance_targets", "mask_ap", "run_instance",
            "union_masks", "train_and_evaluate_instance", "detector_for"]
 
 
@@ -200,19 +200,15 @@ def train_and_evaluate_instance(config: dict[str, Any],
     gets the validation mask AP50 after each epoch. Returns the semantic trainer's result
     dict (``iou``/``dice``: the union masks) plus ``task``, ``ap``, ``ap50``, ``backbone``,
     ``pyramid_params``."""
-    from .trainer import resolve_config
+    from .trainer import train_and_evaluate
 
-    cfg = resolve_config(config)
-    threads = torch.get_num_threads()
-    if cfg["threads"]:
-        torch.set_num_threads(int(cfg["threads"]))
-    try:
-        return _run(cfg, report)
-    finally:
-        torch.set_num_threads(threads)
+    return train_and_evaluate({**config, "task": "instance"}, report)
 
 
-def _run(cfg: dict[str, Any], report: Callable[[int, float], Any] | None) -> dict[str, Any]:
+def run_instance(cfg: dict[str, Any], report: Callable[[int, float], Any] | None
+                 ) -> dict[str, Any]:
+    """The trial of a resolved config (``skipdsl.train.trainer.train_and_evaluate`` calls it
+    for ``task: instance``, with the torch threads set)."""
     import skipdsl
     from skipdsl.data import load_dataset
     from skipdsl.detection import pyramid_spec

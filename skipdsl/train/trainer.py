@@ -329,6 +329,10 @@ def train_and_evaluate(config: dict[str, Any],
     if cfg["threads"]:
         torch.set_num_threads(int(cfg["threads"]))
     try:
+        if cfg["task"] == "instance":  # Mask R-CNN over a pyramid spec
+            from .instance import run_instance
+
+            return run_instance(cfg, report)
         return _train_and_evaluate(cfg, report)
     finally:  # a trial run in-process (local backend, search) leaves the caller's setting
         torch.set_num_threads(threads)
