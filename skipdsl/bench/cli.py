@@ -164,7 +164,8 @@ def _cmd_run(a: argparse.Namespace) -> int:
 
     console = Console(stderr=True)
     console.print(f"{len(trials)} {a.task} trials: models {', '.join(models)}; datasets "
-                  f"{', '.join(datasets)}; seeds {seeds}; DS {a.ds}; budget {a.budget}; "
+                  f"{', '.join(datasets)}; seeds {seeds}; "
+                  + (f"DS {a.ds}; " if a.task == "semantic" else "") + f"budget {a.budget}; "
                   f"backend {a.backend}" + (f" at {a.address}" if a.address else "")
                   + (f"; fast {overrides['fast']}" if overrides["fast"] else ""),
                   highlight=False)
