@@ -314,7 +314,9 @@ def compile(
     it: less activation memory for more compute (per node: ``checkpoint`` in the spec).
     ``backbone`` (``vgg16_bn``, ``resnet34``, ``resnet50``, ``resnet101``) puts a torchvision
     network's stages in the encoder column, ``weights`` (``none`` or a local file) sets its
-    weights (spec: ``encoder: {backbone, weights}``; :mod:`skipdsl.backbones`).
+    weights (spec: ``encoder: {backbone, weights}``; :mod:`skipdsl.backbones`). A spec with
+    ``pyramid:`` returns its feature maps instead of logits: ``{'0': ..., 'pool': ...}``, one
+    output conv per level (:mod:`skipdsl.detection` wraps it for torchvision's Mask R-CNN).
     """
     spec = load(spec).with_backbone(backbone, weights).replace(
         in_channels=in_channels, num_classes=num_classes, dims=dims, widths=widths,
