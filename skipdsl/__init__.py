@@ -31,6 +31,9 @@ def spec_hash(spec) -> str:
         return spec.hash()
     s = load(spec)
     heads = [f"{h.node}:{h.kernel}:{h.match}" + (f":{h.type}" if h.type else "") for h in s.heads]
+    if s.pyramid is not None:  # a feature pyramid's levels and output convs
+        p = s.pyramid
+        heads += [f"pyramid:{','.join(p.nodes)}:{p.channels}:{p.kernel}:{p.pool}"]
     return canonical_hash(build_graph(s), heads)
 
 

@@ -108,8 +108,10 @@ def _build_modules(spec: Spec, dag: nx.DiGraph, heads: list[Head],
             edges[f"{u}__{v}"] = ops
     if len(edges):
         root.edges = edges
+    # a pyramid's output convs are conv heads to the pyramid's channels (FPN's layer_blocks)
+    out_channels = spec.pyramid.channels if spec.pyramid is not None else spec.num_classes
     root.heads = nn.ModuleDict({
-        h.node: HEADS.get(h.type or "conv")(dag.nodes[h.node]["width"], spec.num_classes,
+        h.node: HEADS.get(h.type or "conv")(dag.nodes[h.node]["width"], out_channels,
                                             h.kernel, dims, block=dag.nodes[h.node]["block"])
         for h in heads
     })
@@ -221,6 +223,10 @@ def _emit(spec: Spec, dag: nx.DiGraph, heads: list[Head], use_cgm: bool,
         else:
             values[v] = _emit_node(graph, spec, dag, v, values, shared, edge_mods)
 
+    if spec.pyramid is not None:
+        _emit_pyramid(graph, spec, values)
+        graph.lint()
+        return graph
     outputs: dict[str, fx.Node] = {}
     cls: dict[str, fx.Node] = {}
     for h in heads:
@@ -247,6 +253,24 @@ def _emit(spec: Spec, dag: nx.DiGraph, heads: list[Head], use_cgm: bool,
         graph.output(outputs[heads[0].node])
     graph.lint()
     return graph
+
+
+def pool_level(x: torch.Tensor) -> torch.Tensor:
+    """torchvision's ``LastLevelMaxPool``: the extra level the RPN expects (1x1 max pool,
+    stride 2)."""
+    return F.max_pool2d(x, 1, 2, 0)
+
+
+def _emit_pyramid(graph: fx.Graph, spec: Spec, values: dict[str, fx.Node]) -> None:
+    """A pyramid's output: ``{'0': conv(level 0 node), '1': ..., 'pool': maxpool(last)}``."""
+    out: dict[str, fx.Node] = {}
+    for k, node in enumerate(spec.pyramid.nodes):
+        out[str(k)] = graph.create_node("call_module", f"heads.{node}", (values[node],),
+                                        name=f"p_{node}")
+    if spec.pyramid.pool:
+        out["pool"] = graph.create_node("call_function", pool_level, (out[str(k)],),
+                                        name="p_pool")
+    graph.output(out)
 
 
 def _finish(root: nn.Module, graph: fx.Graph, spec: Spec, dag: nx.DiGraph, heads: list[Head],
@@ -290,7 +314,9 @@ def compile(
     it: less activation memory for more compute (per node: ``checkpoint`` in the spec).
     ``backbone`` (``vgg16_bn``, ``resnet34``, ``resnet50``, ``resnet101``) puts a torchvision
     network's stages in the encoder column, ``weights`` (``none`` or a local file) sets its
-    weights (spec: ``encoder: {backbone, weights}``; :mod:`skipdsl.backbones`).
+    weights (spec: ``encoder: {backbone, weights}``; :mod:`skipdsl.backbones`). A spec with
+    ``pyramid:`` returns its feature maps instead of logits: ``{'0': ..., 'pool': ...}``, one
+    output conv per level (:mod:`skipdsl.detection` wraps it for torchvision's Mask R-CNN).
     """
     spec = load(spec).with_backbone(backbone, weights).replace(
         in_channels=in_channels, num_classes=num_classes, dims=dims, widths=widths,
@@ -300,8 +326,11 @@ def compile(
         data.setdefault("decoder", {})["checkpoint"] = checkpoint
         spec = spec.replace(decoder=data["decoder"])
     dag = build_graph(spec)
-    heads = _active_heads(spec, spec.deep_supervision)
-    as_dict = spec.deep_supervision or spec.cgm
+    if spec.pyramid is not None:  # feature maps, not logits (skipdsl.detection)
+        heads = [Head(node=n, kernel=spec.pyramid.kernel) for n in spec.pyramid.nodes]
+    else:
+        heads = _active_heads(spec, spec.deep_supervision)
+    as_dict = spec.deep_supervision or spec.cgm or spec.pyramid is not None
     root, encoder = _build_modules(spec, dag, heads, spec.cgm)
     if spec.init == "he":
         init_he(root)

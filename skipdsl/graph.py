@@ -52,10 +52,15 @@ def _parse_in_grid(spec: Spec, name: str, *, where: str) -> tuple[int, int]:
         i, j = parse_node(name)
     except SpecError as e:
         raise e.located(spec.source) from None
-    d = spec.depth
-    if not (0 <= i < d and 0 <= j < d - i):
+    d, cols = spec.depth, spec.grid.columns
+    if cols is not None and not (0 <= i < d and 0 <= j < cols):
+        raise SpecError(f"{where}: node {name} is outside the grid of depth {d} and {cols} "
+                        "columns", file=spec.source, node=name,
+                        expected=f"x_i_j with i < {d} and j < {cols}", found=name)
+    if cols is None and not (0 <= i < d and 0 <= j < d - i):
         raise SpecError(f"{where}: node {name} is outside the grid of depth {d}", file=spec.source,
-                        node=name, expected=f"x_i_j with i < {d} and i + j <= {d - 1}", found=name)
+                        node=name, expected=f"x_i_j with i < {d} and i + j <= {d - 1}", found=name,
+                        hint="set grid.columns for a rectangular grid (feature pyramids)")
     return i, j
 
 
@@ -201,6 +206,8 @@ def build_graph(spec: "Spec | str") -> nx.DiGraph:
                 targets = [_parse_in_grid(spec, t, where=f"rule {e.rule}: to") for t in e.to]
             for i, j in targets:
                 for s in _rule_sources(e.rule, i, j, nodes, depth, e.min_k, e.max_k):
+                    if e.sources is not None and (s[1] == 0) != (e.sources == "encoder"):
+                        continue
                     add_edge(s, (i, j), e.rule, e.resample, e.project, dropout=e.dropout)
         else:
             a = _parse_in_grid(spec, e.src, where="edge 'from'")
@@ -245,6 +252,21 @@ def _validate(spec: Spec, g: nx.DiGraph) -> None:
                             file=src, node=n,
                             hint="add a rule or an explicit edge into it, or remove the node")
     heads = {h.node for h in spec.heads}
+    if spec.pyramid is not None:
+        for n in spec.pyramid.nodes:
+            if n not in g:
+                _parse_in_grid(spec, n, where="pyramid.nodes")
+                raise SpecError("a pyramid level sits on a node that the spec does not have",
+                                file=src, node=n, hint="list existing decoder nodes")
+            if g.nodes[n]["kind"] != "decoder":
+                raise SpecError("a pyramid level must be a decoder node (x_i_j, j > 0)",
+                                file=src, node=n, hint="add a decoder node on that level")
+        levels = [g.nodes[n]["level"] for n in spec.pyramid.nodes]
+        if levels != sorted(set(levels)):
+            raise SpecError("pyramid.nodes must be on distinct levels, shallowest first",
+                            file=src, found=spec.pyramid.nodes,
+                            hint="one node per level, e.g. [x_1_4, x_2_3, x_3_2, x_4_1]")
+        heads |= set(spec.pyramid.nodes)
     feeds = set(heads)
     for h in heads:
         feeds |= nx.ancestors(g, h)

@@ -158,6 +158,9 @@ class EdgeRule(_Model):
     min_k: int | None = Field(None, ge=0)
     max_k: int | None = Field(None, ge=0)
     to: list[str] | None = None
+    # which of the rule's sources it connects: all (unset), only encoder nodes (x_i_0) or only
+    # decoder nodes; a feature pyramid gives the edges out of the backbone a lateral projection
+    sources: Literal["encoder", "decoder"] | None = None
     resample: Resample | None = None
     project: Project | None = None
     dropout: float | None = Field(None, ge=0, lt=1)  # channel dropout before the resampling
@@ -211,6 +214,19 @@ class Head(_Model):
     cgm_from: str | None = None  # node whose features the CGM reads (default: the head's node)
 
 
+class Pyramid(_Model):
+    """A feature pyramid instead of heads (a detector's backbone, skipdsl.detection): the
+    output is one feature map per listed decoder node, shallowest first, each through a
+    ``kernel`` x ``kernel`` conv (bias) to ``channels`` (FPN's 3x3 output convs, torchvision's
+    ``layer_blocks``), named ``'0'``, ``'1'``, ...; ``pool`` adds ``'pool'``, the last level
+    max-pooled with stride 2 (torchvision's ``LastLevelMaxPool``, the level the RPN expects)."""
+
+    nodes: list[str] = Field(min_length=1)
+    channels: int = Field(256, gt=0)
+    kernel: int = Field(3, gt=0)
+    pool: bool = True
+
+
 class Widths(_Model):
     base: int = Field(gt=0)
     growth: float = Field(2.0, gt=0)
@@ -220,6 +236,9 @@ class Widths(_Model):
 class Grid(_Model):
     depth: int = Field(ge=3, le=6)
     widths: list[int] | Widths
+    # a rectangular grid: nodes x_i_j with j < columns on every level (a feature pyramid needs
+    # nodes on its deepest level); default: the UNet triangle, i + j < depth
+    columns: int | None = Field(None, ge=2, le=12)
 
     def level_widths(self) -> list[int]:
         if isinstance(self.widths, list):
@@ -251,6 +270,7 @@ class Spec(_Model):
     node_overrides: dict[str, NodeConfig] = Field(default_factory=dict)
     edges: list[AnyEdge] = Field(default_factory=list)
     heads: list[Head] = Field(default_factory=list)
+    pyramid: Pyramid | None = None
     deep_supervision: bool = False
     cgm: bool = False
     loss: str | None = None
@@ -276,7 +296,11 @@ class Spec(_Model):
             )
         if any(w <= 0 for w in widths):
             raise ValueError(f"grid.widths must be positive, found {widths}")
-        if not self.heads:
+        if self.pyramid is not None:
+            if self.heads or self.deep_supervision or self.cgm:
+                raise ValueError("a pyramid spec outputs its levels: heads, deep_supervision and "
+                                 "cgm do not apply (remove them)")
+        elif not self.heads:
             raise ValueError("at least one head is needed, e.g. heads: [{node: x_0_4, main: true}]")
         if sum(h.main for h in self.heads) > 1:
             raise ValueError("more than one head has main: true; mark exactly one")
@@ -514,15 +538,23 @@ def zoo_dir():
     return resources.files("skipdsl") / "zoo"
 
 
-def list_models(dims: int | None = 2) -> list[str]:
+def list_models(dims: int | None = 2, task: Literal["semantic", "instance"] = "semantic"
+                ) -> list[str]:
     """Names of the zoo specs shipped with the package whose spec is ``dims``-D: 2 (the
     default) is the UNet family that ``bench run --models all`` and the search use (each
-    also runs in 3D), 3 the V-Net family (3D-native), ``None`` all of them."""
-    names = sorted(p.name[:-5] for p in zoo_dir().iterdir() if p.name.endswith(".yaml"))
-    if dims is None:
-        return names
-    return [n for n in names
-            if (yaml.safe_load((zoo_dir() / f"{n}.yaml").read_text()) or {}).get("dims", 2) == dims]
+    also runs in 3D), 3 the V-Net family (3D-native), ``None`` all of them. ``task``:
+    ``semantic`` (specs with heads) or ``instance`` (feature pyramids: ``pyramid:``, the
+    backbones of ``bench run --task instance``)."""
+    out = []
+    for p in sorted(zoo_dir().iterdir(), key=lambda p: p.name):
+        if not p.name.endswith(".yaml"):
+            continue
+        data = yaml.safe_load(p.read_text()) or {}
+        if ("pyramid" in data) != (task == "instance"):
+            continue
+        if dims is None or data.get("dims", 2) == dims:
+            out.append(p.name[:-5])
+    return out
 
 
 def resolve(name_or_path: str | Path) -> tuple[str, str]:
@@ -568,4 +600,6 @@ def scale_spec(spec: Spec, scale: float) -> Spec:
     for cfg in [data.get("encoder"), data.get("decoder"), *data.get("node_overrides", {}).values()]:
         if isinstance(cfg, dict) and isinstance(cfg.get("width"), int):
             cfg["width"] = max(1, int(round(cfg["width"] * scale)))
+    if data.get("pyramid"):
+        data["pyramid"]["channels"] = max(1, int(round(data["pyramid"]["channels"] * scale)))
     return from_dict(data, source=spec.source)

@@ -37,6 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
 
     r = sub.add_parser("run", help="run a sweep (finished trials in OUT are skipped)")
+    r.add_argument("--task", default="semantic", choices=["semantic", "instance"],
+                   help="semantic (default: the segmentation zoo) or instance (Mask R-CNN over "
+                   "a feature-pyramid spec: --models maskrcnn_fpn,maskrcnn_pp,maskrcnn_3p,"
+                   "maskrcnn_sharp; recipe: skipdsl.train.instance)")
     r.add_argument("--models", default="all",
                    help="comma-separated zoo names, library baselines (bench list) or YAML "
                    "spec paths; 'all' (default: the zoo), 'baselines' (every baseline)")
@@ -138,8 +142,13 @@ def _cmd_run(a: argparse.Namespace) -> int:
 
     from skipdsl.baselines import list_baselines
 
-    models = (skipdsl.list_models() if a.models in ("all", "") else list_baselines()
-              if a.models == "baselines" else _csv(a.models))
+    if a.task == "instance":
+        from skipdsl.detection import MASKRCNN_MODELS
+
+        models = list(MASKRCNN_MODELS) if a.models in ("all", "") else _csv(a.models)
+    else:
+        models = (skipdsl.list_models() if a.models in ("all", "") else list_baselines()
+                  if a.models == "baselines" else _csv(a.models))
     datasets = expand_datasets(a.datasets, a.data_root)
     seeds = [int(s) for s in _csv(a.seeds)] or [0]
     out = Path(a.out or f"runs/bench-{a.budget}")
@@ -150,12 +159,13 @@ def _cmd_run(a: argparse.Namespace) -> int:
                  "save_weights": False if a.no_weights else None,
                  "fast": None if a.fast is None else normalize(a.fast)}
     trials = runner.plan(models, datasets, seeds=seeds, deep_supervision=a.ds, budget=a.budget,
-                         overrides=overrides, backbone=a.backbone)
+                         overrides=overrides, backbone=a.backbone, task=a.task)
     from rich.console import Console
 
     console = Console(stderr=True)
-    console.print(f"{len(trials)} trials: models {', '.join(models)}; datasets "
-                  f"{', '.join(datasets)}; seeds {seeds}; DS {a.ds}; budget {a.budget}; "
+    console.print(f"{len(trials)} {a.task} trials: models {', '.join(models)}; datasets "
+                  f"{', '.join(datasets)}; seeds {seeds}; "
+                  + (f"DS {a.ds}; " if a.task == "semantic" else "") + f"budget {a.budget}; "
                   f"backend {a.backend}" + (f" at {a.address}" if a.address else "")
                   + (f"; fast {overrides['fast']}" if overrides["fast"] else ""),
                   highlight=False)

@@ -19,7 +19,7 @@ import numpy as np
 
 from . import stats, store
 
-__all__ = ["build_report", "table1"]
+__all__ = ["build_report", "table1", "table2"]
 
 STATS_INTRO = (
     "Per dataset and configuration (model, +DS = with deep supervision): the mean test IoU over "
@@ -127,6 +127,31 @@ def table1(results: list[dict[str, Any]], cases, datasets: list[str] | None = No
                 else:
                     row.append(_pm(a["iou"], a["iou_std"]) if a else "-")
         lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def table2(results: list[dict[str, Any]]) -> str:
+    """Table 2 markdown (instance segmentation, ``bench run --task instance``): per model,
+    backbone and dataset the test mask AP@[.5:.95] and AP50 (%), IoU and Dice (%) of the union
+    mask, and the Mask R-CNN's parameters; mean over seeds (± std over seeds with several).
+    Empty string when there is no instance trial."""
+    import pandas as pd
+
+    ok = [r for r in results if r.get("status") == "ok" and r.get("task") == "instance"]
+    if not ok:
+        return ""
+    df = pd.DataFrame([{k: r.get(k) for k in ("model", "backbone", "dataset", "seed", "ap",
+                                                "ap50", "iou", "dice", "params")} for r in ok])
+    head = ["Model", "Backbone", "Dataset", "Seeds", "AP", "AP50", "IoU", "Dice", "Params"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for (m, bb, d), g in df.groupby(["model", "backbone", "dataset"], sort=True, dropna=False):
+        cells = []
+        for k in ("ap", "ap50", "iou", "dice"):
+            v = pd.to_numeric(g[k], errors="coerce").astype(float)
+            cells.append(_pm(float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else None))
+        shown = list(dict.fromkeys(_fmt_params(p) for p in sorted(g["params"].dropna())))
+        lines.append("| " + " | ".join([str(m), str(bb), str(d), str(len(g)), *cells,
+                                         "–".join(shown[:1] + shown[1:][-1:]) or "-"]) + " |")
     return "\n".join(lines)
 
 
@@ -436,6 +461,15 @@ def build_report(out: str | os.PathLike, *, plots: bool = True) -> Path:
                "Baselines (skipdsl/baselines.py) train with the same recipe, budget, data and "
                "metrics as the zoo; Source names the library class. GFLOPs per image at the "
                "evaluation size (UNETR: every sliding window).", "", t3, ""]
+    t2 = table2(results)
+    if t2:
+        md += ["## Table 2: instance segmentation (Mask R-CNN, feature pyramid as a skip graph)",
+               "", "Mask AP@[.5:.95] and AP50 (%, torchmetrics MeanAveragePrecision, "
+               "iou_type='segm'), IoU and Dice (%) of the union of the predicted masks (score "
+               ">= 0.5) against the union of the true ones, per test image by the empty-case "
+               "rule below (so they compare with the semantic rows above); Params: the whole "
+               "Mask R-CNN as trained (backbone, pyramid at the budget's width, RPN, RoI "
+               "heads). Recipe: skipdsl/train/instance.py.", "", t2, ""]
     prune = _pruning_table(results)
     if prune:
         md += ["## Pruning levels (deep-supervision models, sub-network feeding head x_0_L)", "",

@@ -32,7 +32,7 @@ DS_MODES = ("off", "on", "both")
 
 #: Trainer config keys that change a result (part of the trial key); the rest (device,
 #: threads, cache_dir, data_root...) only say where and how fast it runs.
-RESULT_KEYS = ("epochs", "n", "widths", "batch_size", "lr", "weight_decay", "eta_min", "loss",
+RESULT_KEYS = ("task", "epochs", "n", "widths", "batch_size", "lr", "weight_decay", "eta_min", "loss",
                "loss_kwargs", "cgm", "augment", "data_seed", "hd95", "threshold", "head_init",
                "patch")
 
@@ -84,6 +84,7 @@ def plan(
     budget: str = "smoke",
     overrides: dict[str, Any] | None = None,
     backbone: str | None = None,
+    task: str = "semantic",
 ) -> list[Trial]:
     """The trials of a sweep, in a stable order, without duplicates.
 
@@ -93,9 +94,18 @@ def plan(
     ``deep_supervision``: 'off', 'on' or 'both'. Models with a single head (UNet) have no deep
     supervision: they get only the DS-off trial. ``overrides`` are trainer config keys (see
     :data:`skipdsl.train.trainer.DEFAULTS`) applied to every trial.
+
+    ``task='instance'``: Mask R-CNN trials (:mod:`skipdsl.train.instance`); ``models`` are
+    Mask R-CNN names (``maskrcnn_fpn``, ``maskrcnn_pp``, ``maskrcnn_3p``, ``maskrcnn_sharp``)
+    or pyramid specs, ``budget`` an :data:`~skipdsl.train.instance.INSTANCE_BUDGETS` entry.
     """
     import skipdsl
     from skipdsl.train.trainer import BUDGETS, DEFAULTS
+
+    if task not in ("semantic", "instance"):
+        raise ValueError(f"task must be 'semantic' or 'instance', found {task!r}")
+    if task == "instance":
+        from skipdsl.train.instance import INSTANCE_BUDGETS as BUDGETS  # noqa: N811
 
     if deep_supervision not in DS_MODES:
         raise ValueError(f"deep_supervision must be one of {DS_MODES}, found {deep_supervision!r}")
@@ -109,13 +119,15 @@ def plan(
         if overrides.get(k):
             overrides[k] = str(Path(overrides[k]).expanduser().resolve())
     extra = {k: overrides.get(k) for k in RESULT_KEYS}
+    if task == "instance":
+        extra["task"] = task
     # the default head init is part of every key: trials stored before it existed (He heads)
     # are not taken for prior-initialised ones
     extra["head_init"] = extra["head_init"] or DEFAULTS["head_init"]
     modes = {"off": [False], "on": [True], "both": [False, True]}[deep_supervision]
     trials: dict[str, Trial] = {}
     for m in models:
-        ref, spec = _model_ref(m)
+        ref, spec = _model_ref(m) if task == "semantic" else _pyramid_ref(m)
         if backbone:
             if getattr(spec, "is_baseline", False):
                 raise ValueError(f"--backbone applies to DSL specs, not the baseline '{m}'")
@@ -133,8 +145,24 @@ def plan(
                     label = f"{spec.name}/{dataset}/s{seed}/{'ds' if ds else 'nods'}"
                     config = {**overrides, "model": ref, "dataset": dataset, "seed": int(seed),
                               "deep_supervision": ds, "budget": budget}
+                    if task == "instance":
+                        from skipdsl.train.instance import model_label
+
+                        label = f"{model_label(m if ref == m else ref, spec)}/{dataset}/s{seed}"
+                        config["task"] = task
                     trials.setdefault(key, Trial(key, label, config))
     return list(trials.values())
+
+
+def _pyramid_ref(model: str) -> tuple[Any, Any]:
+    """(value for the config, Spec) of a Mask R-CNN name or pyramid spec: names stay names,
+    files become spec dicts (as :func:`_model_ref`)."""
+    from skipdsl.detection import MASKRCNN_MODELS, pyramid_spec
+
+    spec = pyramid_spec(model)
+    if model in MASKRCNN_MODELS or Path(str(model)).suffix not in (".yaml", ".yml"):
+        return str(model), spec
+    return spec.to_dict(), spec
 
 
 def _cost(config: dict[str, Any], cache: dict) -> float:
@@ -222,7 +250,7 @@ def run_trial(trial: Trial | dict[str, Any],
     if isinstance(trial, dict):
         trial = Trial(**trial)
     try:
-        result = train_and_evaluate(trial.config, report=report)
+        result = train_and_evaluate(trial.config, report=report)  # semantic or instance
     except Exception as err:  # the sweep goes on; the reason is recorded
         result = _failure(trial, _reason(err))
     result["node"] = socket.gethostname()

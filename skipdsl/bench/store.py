@@ -55,7 +55,7 @@ RESULT_COLUMNS = [
     "model", "dataset", "seed", "deep_supervision", "loss", "iou", "dice", "hd95", "fp_empty",
     "params", "gflops", "images_per_s", "train_seconds", "spec_hash", "status", "reason",
     "iou_std", "dice_std", "n_cases", "budget", "epochs", "best_epoch", "device", "node",
-    "trial_key", "fast", "head_init",
+    "trial_key", "fast", "head_init", "task", "backbone", "ap", "ap50", "pyramid_params",
 ]
 
 
@@ -200,7 +200,7 @@ def results_frame(results: Iterable[dict[str, Any]]):
     rows = [{c: r.get(c) for c in RESULT_COLUMNS} for r in results]
     df = pd.DataFrame(rows, columns=RESULT_COLUMNS)
     for c in ("iou", "dice", "hd95", "fp_empty", "gflops", "images_per_s", "train_seconds",
-              "iou_std", "dice_std"):
+              "iou_std", "dice_std", "ap", "ap50"):
         df[c] = pd.to_numeric(df[c], errors="coerce").astype(float)
     df["reason"] = df["reason"].fillna("")
     return df

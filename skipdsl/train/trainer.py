@@ -129,6 +129,8 @@ BUDGETS: dict[str, Budget] = {
 #: Config keys and their defaults; ``None`` means "from the budget / the spec / the dataset".
 DEFAULTS: dict[str, Any] = {
     "model": None,  # zoo name, path to a YAML spec, or a spec dict (Spec.to_dict())
+    # semantic (this module) or instance (Mask R-CNN over a pyramid spec: skipdsl.train.instance)
+    "task": "semantic",
     "dataset": None,  # a name from skipdsl.data.list_datasets()
     "seed": 0,
     "deep_supervision": False,
@@ -184,6 +186,8 @@ def resolve_config(config: dict[str, Any]) -> dict[str, Any]:
         raise ValueError("config needs 'model' and 'dataset'")
     if out["budget"] not in BUDGETS:
         raise ValueError(f"unknown budget '{out['budget']}'; valid: {', '.join(BUDGETS)}")
+    if out["task"] not in ("semantic", "instance"):
+        raise ValueError(f"unknown task '{out['task']}'; valid: semantic, instance")
     if out["head_init"] not in ("prior", "he"):
         raise ValueError(f"unknown head_init '{out['head_init']}'; valid: prior, he")
     if out["fast"] is not None:
@@ -340,6 +344,10 @@ def train_and_evaluate(config: dict[str, Any],
     if cfg["threads"]:
         torch.set_num_threads(int(cfg["threads"]))
     try:
+        if cfg["task"] == "instance":  # Mask R-CNN over a pyramid spec
+            from .instance import run_instance
+
+            return run_instance(cfg, report)
         return _train_and_evaluate(cfg, report)
     finally:  # a trial run in-process (local backend, search) leaves the caller's setting
         torch.set_num_threads(threads)
@@ -574,6 +582,10 @@ def _throughput(model, shape, eval_bs, iters, device, is3d) -> float:
 def planned_epochs(config: dict[str, Any]) -> int:
     """The number of epochs a config will train (for progress bars)."""
     cfg = resolve_config(config)
+    if cfg["task"] == "instance":
+        from .instance import INSTANCE_BUDGETS
+
+        return int(cfg["epochs"] or INSTANCE_BUDGETS[cfg["budget"]].epochs)
     b = BUDGETS[cfg["budget"]].for_dataset(cfg["dataset"])
     return int(cfg["epochs"] or (b.epochs_3d if _is_3d(cfg["dataset"], cfg["data_root"])
                                  else b.epochs))

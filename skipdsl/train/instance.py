@@ -1,0 +1,336 @@
+"""Train and evaluate one instance-segmentation trial: Mask R-CNN over a pyramid spec.
+
+``bench run --task instance`` runs :func:`train_and_evaluate_instance` through the same runner
+as the semantic trials (Ray, resume, atomic results, failed trials recorded). The detector is
+``torchvision.models.detection.MaskRCNN`` whose backbone-with-FPN is a compiled pyramid spec
+(:mod:`skipdsl.detection`); the data are a dataset's instance label maps (``nuclei2d``,
+``dsb2018``), turned into boxes, labels and masks by :func:`instance_targets`.
+
+Recipe (:data:`INSTANCE_BUDGETS`): AdamW at PyTorch's defaults (lr 1e-3, weight decay 1e-2)
+with a linear warm-up over the first epoch (torchvision's detection reference warms up the same
+way, from 0.001 x lr) and cosine decay to 0; torchvision's SGD recipe (lr 0.02 per 16 images)
+is tuned for ImageNet-initialised backbones, and these backbones start from random weights.
+Augmentation: the 8 rot90/flip symmetries and brightness/contrast (skipdsl.train.augment),
+applied to image and instance map together. The epoch with the best validation mask AP50 is
+evaluated on the test split.
+
+Metrics: mask AP@[.5:.95] and AP50 (torchmetrics ``MeanAveragePrecision(iou_type="segm")``,
+COCO's definition through pycocotools), and IoU / Dice of the union of the predicted masks
+(score >= 0.5, mask probability >= 0.5) against the union of the true ones, per image by the
+empty-case rule of :mod:`skipdsl.train.metrics`, so rows compare with the semantic models'.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from .augment import AugmentConfig, augment_batch
+
+__all__ = ["InstanceBudget", "INSTANCE_BUDGETS", "instance_targets", "mask_ap", "run_instance",
+           "union_masks", "train_and_evaluate_instance", "detector_for"]
+
+
+@dataclass(frozen=True)
+class InstanceBudget:
+    """The instance recipe at one budget.
+
+    ``image_size``: the detector's input size (its transform resizes the 96x96 images to it);
+    ``anchors``: one anchor size per pyramid level (P2..P5, pool) in pixels of the resized
+    image; ``width_scale`` scales the pyramid (FPN's 256 channels) as the semantic budgets
+    scale the decoders (the backbone keeps its channels), and ``roi_width`` (None: the scaled
+    pyramid's channels) sets the RoI heads' width (torchvision: mask head 256, box MLP 1024 =
+    4 x 256). ``proposals``: RPN proposals kept per image before / after NMS in training
+    (torchvision: 2000; the test keeps half). ``rois``: sampled RoIs per image
+    (torchvision: 512).
+    """
+
+    name: str
+    epochs: int
+    n: int | None
+    width_scale: float
+    batch_size: int
+    image_size: int
+    anchors: tuple[int, ...]
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    roi_width: int | None = None
+    proposals: int = 2000
+    rois: int = 512
+    samples: int = 4
+
+
+#: ``smoke``: Mask R-CNN with ResNet-34 on 2 CPU cores, two trials side by side in <= 30
+#: minutes, AP50 > 0.3 on nuclei2d. Arithmetic (measured on the shared 2-core machine, 1 torch
+#: thread a trial, batch 4): with the pyramid at x0.25 (64 channels), RoI heads 64 wide (mask
+#: head 4 x 64, box MLP 256), 600 proposals and 64 sampled RoIs per image, a training step
+#: costs ~0.3 s per image at 96x96 and ~0.55 s at 192x192 (the ResNet-34 and the RoI heads
+#: dominate; FPN# and FPN cost alike). At 96x96 the nuclei (6-13 px) cover 2-3 cells of P2
+#: (stride 4): FPN reached val AP50 0.09 after 6 epochs. Resized to 192 they are 12-26 px
+#: (anchors 16..256 on P2..P6; torchvision's 32..512 are for 800-px COCO images and would
+#: match no nucleus at the RPN's IoU 0.7): FPN reached val AP50 0.42 at epoch 3 and 0.67 at
+#: epoch 8 of 12 (test AP50 0.64, AP 0.27, union IoU 0.71; 96 images). So: 192 px, 8 epochs,
+#: 96 images (67 train, 14 val; the 200 test images of nuclei2d): 67 x 8 x 0.55 s ~ 5 min of
+#: training, ~1 min of validation and ~1.5 min of testing per trial on a free core, i.e.
+#: ~8 min for the two trials side by side on 2 quiet cores; the committed run's wall time
+#: (cores shared with other work) is in results/instance-smoke/README.md.
+INSTANCE_BUDGETS: dict[str, InstanceBudget] = {
+    "smoke": InstanceBudget("smoke", epochs=8, n=96, width_scale=0.25, batch_size=4,
+                            image_size=192, anchors=(16, 32, 64, 128, 256), roi_width=64,
+                            proposals=600, rois=64),
+    # the budgets below are defined, not yet measured
+    "quick": InstanceBudget("quick", epochs=16, n=160, width_scale=0.25, batch_size=4,
+                            image_size=192, anchors=(16, 32, 64, 128, 256), roi_width=64,
+                            proposals=600, rois=64),
+    "cpu": InstanceBudget("cpu", epochs=40, n=320, width_scale=0.5, batch_size=4,
+                          image_size=192, anchors=(16, 32, 64, 128, 256), roi_width=128,
+                          proposals=1000, rois=128),
+    "short": InstanceBudget("short", epochs=40, n=None, width_scale=1.0, batch_size=8,
+                            image_size=192, anchors=(16, 32, 64, 128, 256)),
+    "paper": InstanceBudget("paper", epochs=100, n=None, width_scale=1.0, batch_size=8,
+                            image_size=384, anchors=(32, 64, 128, 256, 512)),
+}
+
+
+def instance_targets(instances: "np.ndarray | torch.Tensor") -> dict[str, torch.Tensor]:
+    """An instance label map ``(H, W)`` (0 = background, k > 0 = instance k) -> Mask R-CNN's
+    target: ``boxes`` (N, 4) float ``x1, y1, x2, y2`` in pixel-edge coordinates (a one-pixel
+    instance is a 1x1 box), ``labels`` (N,) all 1, ``masks`` (N, H, W) uint8, one per label
+    present, in label order."""
+    from torchvision.ops import masks_to_boxes
+
+    inst = torch.as_tensor(np.asarray(instances) if not isinstance(instances, torch.Tensor)
+                           else instances)
+    if inst.dim() != 2:
+        raise ValueError(f"an instance label map is (H, W), found shape {tuple(inst.shape)}")
+    ids = torch.unique(inst)
+    ids = ids[ids > 0]
+    masks = inst[None] == ids[:, None, None]
+    boxes = masks_to_boxes(masks) if len(ids) else torch.zeros((0, 4))
+    boxes[:, 2:] += 1  # masks_to_boxes gives the last pixel's index: the box ends after it
+    return {"boxes": boxes.float(), "labels": torch.ones(len(ids), dtype=torch.int64),
+            "masks": masks.to(torch.uint8)}
+
+
+def union_masks(outputs: Sequence[dict[str, torch.Tensor]], shape: tuple[int, int],
+                score: float = 0.5, mask: float = 0.5) -> torch.Tensor:
+    """The union of each image's predicted masks (score >= ``score``, probability >= ``mask``):
+    ``(B, 1, H, W)`` float in {0, 1}."""
+    out = torch.zeros((len(outputs), 1, *shape))
+    for b, o in enumerate(outputs):
+        keep = o["scores"] >= score
+        if bool(keep.any()):
+            out[b, 0] = (o["masks"][keep, 0] >= mask).any(0).float()
+    return out
+
+
+def mask_ap(outputs: Sequence[dict[str, torch.Tensor]], targets: Sequence[dict[str, torch.Tensor]]
+            ) -> dict[str, float]:
+    """COCO mask AP@[.5:.95] and AP50 (torchmetrics ``MeanAveragePrecision(iou_type="segm")``);
+    masks are binarised at probability 0.5. Returns ``{'ap', 'ap50'}``; -1 (torchmetrics' 'no
+    ground truth') becomes NaN."""
+    from torchmetrics.detection import MeanAveragePrecision
+
+    metric = MeanAveragePrecision(iou_type="segm")
+    preds = [{"masks": (o["masks"][:, 0] >= 0.5), "scores": o["scores"], "labels": o["labels"]}
+             for o in outputs]
+    gts = [{"masks": t["masks"].bool(), "labels": t["labels"]} for t in targets]
+    metric.update(preds, gts)
+    r = metric.compute()
+    val = lambda k: float(r[k]) if float(r[k]) >= 0 else float("nan")  # noqa: E731
+    return {"ap": val("map"), "ap50": val("map_50")}
+
+
+def detector_for(spec: Any, budget: InstanceBudget, in_channels: int,
+                 scale: bool = True) -> torch.nn.Module:
+    """The Mask R-CNN of a pyramid spec at a budget (two classes: background, instance)."""
+    from skipdsl.detection import maskrcnn
+    from skipdsl.spec import scale_spec
+
+    if scale:
+        spec = scale_spec(spec, budget.width_scale)
+    roi = budget.roi_width or spec.pyramid.channels
+    if budget.anchors and len(budget.anchors) != len(spec.pyramid.nodes) + int(spec.pyramid.pool):
+        raise ValueError(f"the budget has {len(budget.anchors)} anchor sizes but spec "
+                         f"'{spec.name}' has {len(spec.pyramid.nodes) + int(spec.pyramid.pool)} "
+                         "pyramid levels")
+    return maskrcnn(spec, 2, in_channels=in_channels, anchor_sizes=budget.anchors,
+                    image_size=budget.image_size, image_mean=[0.0] * in_channels,
+                    image_std=[1.0] * in_channels, roi_width=roi,
+                    rpn_pre_nms_top_n_train=budget.proposals,
+                    rpn_post_nms_top_n_train=budget.proposals,
+                    rpn_pre_nms_top_n_test=max(1, budget.proposals // 2),
+                    rpn_post_nms_top_n_test=max(1, budget.proposals // 2),
+                    box_batch_size_per_image=budget.rois, box_detections_per_img=100)
+
+
+@torch.no_grad()
+def _predict(model: torch.nn.Module, images: torch.Tensor, bs: int) -> list[dict[str, torch.Tensor]]:
+    model.eval()
+    out: list[dict[str, torch.Tensor]] = []
+    for b in range(0, images.shape[0], bs):
+        out += [{k: v.cpu() for k, v in o.items()} for o in model(list(images[b:b + bs]))]
+    return out
+
+
+def model_label(model: Any, spec: Any) -> str:
+    """The trial's model name: ``maskrcnn_sharp`` for ``fpn_sharp`` (the Mask R-CNN names)."""
+    from skipdsl.detection import MASKRCNN_MODELS
+
+    if isinstance(model, str) and model in MASKRCNN_MODELS:
+        return model
+    base = {v: k for k, v in MASKRCNN_MODELS.items()}
+    bb = spec.encoder.backbone
+    name = spec.name.removesuffix(f"_{bb}") if bb else spec.name
+    label = base.get(name, f"maskrcnn_{name}")
+    return f"{label}_{bb}" if bb and spec.name.endswith(f"_{bb}") else label
+
+
+def train_and_evaluate_instance(config: dict[str, Any],
+                                report: Callable[[int, float], Any] | None = None
+                                ) -> dict[str, Any]:
+    """One instance trial (config keys as :data:`skipdsl.train.trainer.DEFAULTS`, ``task:
+    instance``; ``budget`` names an :data:`INSTANCE_BUDGETS` entry). ``report(epoch, val)``
+    gets the validation mask AP50 after each epoch. Returns the semantic trainer's result
+    dict (``iou``/``dice``: the union masks) plus ``task``, ``ap``, ``ap50``, ``backbone``,
+    ``pyramid_params``."""
+    from .trainer import train_and_evaluate
+
+    return train_and_evaluate({**config, "task": "instance"}, report)
+
+
+def run_instance(cfg: dict[str, Any], report: Callable[[int, float], Any] | None
+                 ) -> dict[str, Any]:
+    """The trial of a resolved config (``skipdsl.train.trainer.train_and_evaluate`` calls it
+    for ``task: instance``, with the torch threads set)."""
+    import skipdsl
+    from skipdsl.data import load_dataset
+    from skipdsl.detection import pyramid_spec
+    from skipdsl.train.metrics import aggregate, case_metrics, count_params
+
+    from .trainer import _device, _empty_result, _samples, _seed_everything
+
+    if cfg["budget"] not in INSTANCE_BUDGETS:
+        raise ValueError(f"unknown instance budget '{cfg['budget']}'; valid: "
+                         f"{', '.join(INSTANCE_BUDGETS)}")
+    budget = INSTANCE_BUDGETS[cfg["budget"]]
+    # command-line overrides (--epochs, --n, --batch-size, --lr; the trainer's lr default,
+    # 1e-3, is AdamW's own)
+    budget = dataclasses.replace(budget, lr=float(cfg["lr"]), **{
+        k: cfg[k] for k in ("epochs", "n", "batch_size") if cfg[k] is not None})
+    result = _empty_result(cfg)
+    result.update(task="instance", ap=float("nan"), ap50=float("nan"))
+    gen = _seed_everything(int(cfg["seed"]))
+    device = _device(cfg["device"])
+    spec = pyramid_spec(cfg["model"])
+    result["model"] = model_label(cfg["model"], spec)
+    result["backbone"] = spec.encoder.backbone
+    result["spec_hash"] = skipdsl.spec_hash(spec)
+    result["loss"] = "maskrcnn"
+
+    ds = load_dataset(cfg["dataset"], root=cfg["data_root"], seed=int(cfg["data_seed"]),
+                      n=budget.n, cache_dir=cfg["cache_dir"])
+    if ds.instances is None or int(ds.dims) != 2:
+        raise ValueError(f"dataset '{cfg['dataset']}' has no 2D instance labels; instance "
+                         "trials need one that keeps them (nuclei2d, dsb2018)")
+    splits = {k: np.asarray(ds.splits[k], dtype=np.int64) for k in ("train", "val", "test")}
+    case_ids = [str(c) for c in ds.case_ids]
+    result["splits"] = {k: [case_ids[i] for i in v] for k, v in splits.items()}
+    if len(splits["val"]) == 0:
+        splits["val"] = splits["train"]
+    images = torch.from_numpy(np.ascontiguousarray(ds.images)).float()
+    tr = images[torch.from_numpy(splits["train"])]
+    mean = tr.mean(dim=(0, 2, 3), keepdim=True)
+    std = tr.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
+    raw_images, images = images, (images - mean) / std
+    inst = torch.from_numpy(np.ascontiguousarray(ds.instances)).long()
+
+    model = detector_for(spec, budget, int(ds.in_channels)).to(device)
+    epochs, bs = int(budget.epochs), max(1, min(int(budget.batch_size), len(splits["train"])))
+    steps = max(1, len(splits["train"]) // bs)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=budget.lr, weight_decay=budget.weight_decay)
+    warm, total = steps, epochs * steps
+
+    def lr_at(step: int) -> float:  # linear warm-up from 0.001 x over one epoch, then cosine
+        if step < warm:
+            return 0.001 + (1 - 0.001) * step / warm
+        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    aug = AugmentConfig() if cfg["augment"] else AugmentConfig(rot90=False, flip=False,
+                                                                intensity=False)
+    val_idx = torch.from_numpy(splits["val"])
+    val_targets = [instance_targets(inst[i]) for i in val_idx]
+    curve, best, t0 = [], (-math.inf, -1, None), time.perf_counter()
+    result["device"] = str(device)
+    for epoch in range(epochs):
+        model.train()
+        te = time.perf_counter()
+        perm = torch.from_numpy(splits["train"])[torch.randperm(len(splits["train"]),
+                                                                generator=gen)]
+        losses = []
+        for s in range(steps):
+            idx = perm[s * bs:(s + 1) * bs]
+            x, y = augment_batch(images[idx], inst[idx][:, None], config=aug, generator=gen)
+            targets = [{k: v.to(device) for k, v in instance_targets(m[0]).items()} for m in y]
+            loss_dict = model([im.to(device) for im in x], targets)
+            loss = sum(loss_dict.values())
+            if not bool(torch.isfinite(loss)):
+                result.update(status="failed", curve=curve, epochs=len(curve),
+                              reason=f"diverged: loss is {float(loss)} at epoch {epoch} step {s}",
+                              train_seconds=time.perf_counter() - t0)
+                return result
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(float(loss.detach()))
+        preds = _predict(model, images[val_idx].to(device), bs * 2)
+        vm = mask_ap(preds, val_targets)
+        um = aggregate(case_metrics(union_masks(preds, tuple(images.shape[2:])),
+                                    (inst[val_idx] > 0)[:, None].float()))
+        v = vm["ap50"] if not math.isnan(vm["ap50"]) else 0.0
+        curve.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val_iou": um["iou"],
+                      "val_dice": um["dice"], "val_ap": vm["ap"], "val_ap50": vm["ap50"],
+                      "lr": float(opt.param_groups[0]["lr"]), "seconds": time.perf_counter() - te})
+        if v > best[0]:
+            best = (v, epoch, copy.deepcopy(model.state_dict()))
+        if report is not None:
+            report(epoch, float(vm["ap50"]))
+    train_seconds = time.perf_counter() - t0
+    if best[2] is not None:
+        model.load_state_dict(best[2])
+
+    test_idx = torch.from_numpy(splits["test"])
+    te = time.perf_counter()
+    preds = _predict(model, images[test_idx].to(device), bs * 2)
+    ips = len(test_idx) / max(time.perf_counter() - te, 1e-9)
+    tm = mask_ap(preds, [instance_targets(inst[i]) for i in test_idx])
+    union = union_masks(preds, tuple(images.shape[2:]))
+    gt = (inst[test_idx] > 0)[:, None].float()
+    cases = case_metrics(union, gt)
+    test_ids = [case_ids[i] for i in splits["test"]]
+    cases.insert(1, "case_id", [test_ids[c] for c in cases["case"]])
+    agg = aggregate(cases)
+    body = model.backbone.body
+    encoder = sum(p.numel() for n, p in body.named_parameters()
+                  if body.dag.nodes.get(n.split(".")[0], {}).get("kind") == "encoder")
+    result.update(
+        ap=tm["ap"], ap50=tm["ap50"], iou=agg["iou"], dice=agg["dice"], iou_std=agg["iou_std"],
+        dice_std=agg["dice_std"], fp_empty=agg["fp_empty"], n_cases=agg["n_cases"],
+        params=int(count_params(model)), pyramid_params=int(count_params(body)) - encoder,
+        images_per_s=ips, train_seconds=train_seconds, epochs=len(curve),
+        best_epoch=int(best[1]), curve=curve, cases=cases, widths=[body.spec.pyramid.channels],
+        dims=2, in_channels=int(ds.in_channels), num_classes=1,
+        recipe=dataclasses.asdict(budget),
+        samples=_samples(raw_images[test_idx], gt, union, test_ids,
+                         int(cfg["samples"] if cfg["samples"] is not None else budget.samples)),
+    )
+    return result
