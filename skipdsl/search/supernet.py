@@ -348,9 +348,8 @@ def train_supernet(space: "SearchSpace | str | None", config: dict[str, Any], *,
     ``epochs`` is 0)."""
     from ..heads import init_heads
     from ..losses import build_loss
-    from ..train.augment import AugmentConfig
     from ..train.trainer import (BUDGETS, _device, _seed_everything, fast_path, load_data,
-                                 resolve_config, train_epoch)
+                                 recipe, resolve_config, train_epoch)
 
     sp = load_space(space)
     cfg = resolve_config({**config, "model": f"<supernet of {sp.name}>"})
@@ -381,12 +380,7 @@ def train_supernet(space: "SearchSpace | str | None", config: dict[str, Any], *,
         steps = max(1, len(tr) // bs)
         patch = int(cfg["patch"] if cfg["patch"] is not None else budget.patch)
         loss_fn = build_loss(cfg["loss"] or budget.loss or net.spec.loss or "bce_dice")
-        opt = torch.optim.Adam(net.parameters(), lr=float(cfg["lr"]),
-                               weight_decay=float(cfg["weight_decay"]))
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps,
-                                                           eta_min=float(cfg["eta_min"]))
-        aug = AugmentConfig() if cfg["augment"] else AugmentConfig(rot90=False, flip=False,
-                                                                    intensity=False)
+        opt, sched, aug = recipe(net, cfg, epochs * steps)
         rng = random.Random(int(cfg["seed"]))
         net.sampler = lambda: net.sample(rng)
         train_x = data.images[tr].to(device)

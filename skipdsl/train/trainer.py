@@ -36,7 +36,7 @@ from ..heads import init_heads
 from .augment import AugmentConfig, augment_batch, random_crop
 
 __all__ = ["Budget", "BUDGETS", "DEFAULTS", "Diverged", "resolve_config", "fast_path",
-           "train_and_evaluate", "planned_epochs", "TrialData", "load_data", "train_epoch"]
+           "train_and_evaluate", "planned_epochs", "TrialData", "load_data", "train_epoch", "recipe"]
 
 
 @dataclass(frozen=True)
@@ -342,6 +342,18 @@ def load_data(cfg: dict[str, Any], budget: Budget) -> TrialData:
                      raw_images=images, masks=_as_tensor(ds.masks), mean=mean, std=std, red=red)
 
 
+def recipe(model: torch.nn.Module, cfg: dict[str, Any], total_steps: int):
+    """The recipe's optimiser (Adam), its cosine schedule over ``total_steps`` and the
+    augmentation settings, from a resolved config."""
+    opt = torch.optim.Adam(model.parameters(), lr=float(cfg["lr"]),
+                           weight_decay=float(cfg["weight_decay"]))
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps,
+                                                       eta_min=float(cfg["eta_min"]))
+    aug = AugmentConfig() if cfg["augment"] else AugmentConfig(rot90=False, flip=False,
+                                                                intensity=False)
+    return opt, sched, aug
+
+
 def train_epoch(forward: Callable, opt: Any, sched: Any, loss_fn: Callable,
                 train_x: torch.Tensor, train_y: torch.Tensor, *, epoch: int, batch_size: int,
                 steps: int, patch: int, aug: AugmentConfig, generator: torch.Generator,
@@ -487,12 +499,7 @@ def _train_and_evaluate(cfg: dict[str, Any],
     n_train = len(splits["train"])
     bs = max(1, min(bs, n_train))
     steps_per_epoch = max(1, n_train // bs)  # drop the last partial batch (BatchNorm)
-    opt = torch.optim.Adam(model.parameters(), lr=float(cfg["lr"]),
-                           weight_decay=float(cfg["weight_decay"]))
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(
-        opt, T_max=epochs * steps_per_epoch, eta_min=float(cfg["eta_min"]))
-    aug = AugmentConfig() if cfg["augment"] else AugmentConfig(rot90=False, flip=False,
-                                                                intensity=False)
+    opt, sched, aug = recipe(model, cfg, epochs * steps_per_epoch)
     result["device"] = str(device)
 
     # data lives on the device for the whole trial (small benchmark sets)
