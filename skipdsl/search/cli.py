@@ -44,7 +44,10 @@ def add_subparsers(sub) -> None:
     r.add_argument("--trials", type=_positive_int, required=True,
                    help="networks the study should evaluate (all workers together; invalid and "
                    "too costly samples are recorded but not counted)")
-    r.add_argument("--budget", default="smoke", choices=("smoke", "short", "paper"))
+    r.add_argument("--budget", default="smoke", choices=("smoke", "quick", "cpu", "short", "paper"),
+                   help="the trainer's budget (skipdsl.train.trainer.BUDGETS) with the space's "
+                   "settings for it (budgets: in the space file; cpu: the Table-1 comparison "
+                   "recipe)")
     r.add_argument("--out", required=True, help="output folder (and SQLite study by default)")
     r.add_argument("--backend", default="optuna", choices=("optuna", "ray"))
     r.add_argument("--storage", default=None,
