@@ -401,7 +401,7 @@ def _plot(path: Path, df, cfg: SearchConfig) -> Path:
     ax = axes[1]
     ax.scatter(re["inherited_iou"], re["iou"], s=30, c="#d62728")
     for _, r in re.iterrows():
-        ax.annotate(str(r["zoo"] if isinstance(r["zoo"], str) else r["of_trial"]),
+        ax.annotate(r["zoo"] if isinstance(r["zoo"], str) else f"t{int(r['of_trial'])}",
                     (r["inherited_iou"], r["iou"]), fontsize=8, textcoords="offset points",
                     xytext=(4, 3))
     ax.set_xlabel("inherited validation IoU")
