@@ -287,6 +287,29 @@ def test_budget_definition_is_part_of_the_trial_key(monkeypatch):
     assert runner.plan(["unet"], ["nuclei2d"], budget="cpu")[0].key != key
 
 
+def test_per_dataset_budget_changes_rekey_that_dataset_alone(monkeypatch):
+    """A budget's ``per_dataset`` entry changes the recipe (and the trial keys) of the dataset it
+    names; every other dataset's trials keep their keys, so finished results stay valid."""
+    import dataclasses
+
+    from skipdsl.train import trainer
+
+    def keys():
+        return {t.config["dataset"]: t.key
+                for t in runner.plan(["unet"], ["nuclei2d", "liver2d"], budget="cpu")}
+
+    before = keys()
+    cpu = trainer.BUDGETS["cpu"]
+    changed = dataclasses.replace(cpu, per_dataset={**cpu.per_dataset, "liver2d": {"epochs": 3}})
+    monkeypatch.setitem(trainer.BUDGETS, "cpu", changed)
+    after = keys()
+    assert after["nuclei2d"] == before["nuclei2d"] and after["liver2d"] != before["liver2d"]
+    assert trainer.planned_epochs({"model": "unet", "dataset": "liver2d", "budget": "cpu"}) == 3
+    assert trainer.planned_epochs({"model": "unet", "dataset": "nuclei2d", "budget": "cpu"}) \
+        == cpu.epochs
+    assert changed.for_dataset("liver2d").epochs == 3 and changed.for_dataset("x").epochs == 10
+
+
 def test_longest_first_groups_by_dataset_heaviest_first():
     trials = runner.plan(["unet", "unet3p", "unetpp"], ["liver2d", "nuclei2d"],
                          deep_supervision="both", budget="cpu")

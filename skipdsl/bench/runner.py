@@ -112,9 +112,6 @@ def plan(
     # the default head init is part of every key: trials stored before it existed (He heads)
     # are not taken for prior-initialised ones
     extra["head_init"] = extra["head_init"] or DEFAULTS["head_init"]
-    # the budget's definition (not only its name): trials stored under an older definition of
-    # a budget are not taken for the current one
-    extra["budget_def"] = budget_fingerprint(BUDGETS[budget])
     modes = {"off": [False], "on": [True], "both": [False, True]}[deep_supervision]
     trials: dict[str, Trial] = {}
     for m in models:
@@ -127,6 +124,9 @@ def plan(
         h = skipdsl.spec_hash(spec)
         ds_modes = [d for d in modes if not d or len(spec.heads) > 1]
         for dataset in datasets:
+            # the budget's definition as this dataset gets it (not only its name): trials
+            # stored under an older definition of a budget are not taken for the current one
+            extra["budget_def"] = budget_fingerprint(BUDGETS[budget], dataset)
             for seed in seeds:
                 for ds in ds_modes:
                     key = store.trial_key(h, dataset, budget, seed, ds, extra)
@@ -146,7 +146,7 @@ def _cost(config: dict[str, Any], cache: dict) -> float:
 
     import skipdsl
 
-    b = trainer.BUDGETS[config.get("budget", "smoke")]
+    b = trainer.BUDGETS[config.get("budget", "smoke")].for_dataset(config["dataset"])
     is3d = trainer._is_3d(config["dataset"], config.get("data_root"))
     model = config["model"]
     ref = model if isinstance(model, str) else repr(sorted(model.items()))
@@ -183,13 +183,19 @@ def longest_first(trials: Sequence[Trial], *, by_cost: bool = True) -> list[Tria
     return sorted(trials, key=lambda t: (first[t.config["dataset"]], -cost[t.key]))
 
 
-def budget_fingerprint(budget: Any) -> str:
-    """A short hash of a :class:`~skipdsl.train.trainer.Budget`'s fields."""
+def budget_fingerprint(budget: Any, dataset: str | None = None) -> str:
+    """A short hash of a :class:`~skipdsl.train.trainer.Budget`'s fields as ``dataset`` gets them.
+
+    A budget's ``per_dataset`` changes count only for the dataset they name, so that changing
+    one dataset's recipe re-keys that dataset's trials alone.
+    """
     import dataclasses
     import hashlib
     import json
 
-    blob = json.dumps(dataclasses.asdict(budget), sort_keys=True, default=str)
+    fields = dataclasses.asdict(budget.for_dataset(dataset) if dataset else budget)
+    fields.pop("per_dataset", None)
+    blob = json.dumps(fields, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
