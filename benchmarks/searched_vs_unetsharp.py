@@ -125,8 +125,8 @@ def main(argv=None) -> int:
             better.append((name, bool(p["significant"])))
     lines += ["", f"Searched networks with a higher test IoU than {ref} at no more parameters: "
               f"{len(better)} of {len(models) - 1}"
-              + (f" ({', '.join(n + (' (significant)' if s else ' (not significant)') for n, s in better)})"
-                 if better else "") + "."]
+              + (" (" + ", ".join(n + (" (significant)" if sig else " (not significant)")
+                                  for n, sig in better) + ")" if better else "") + "."]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     md = out / f"searched_vs_{ref}_{dataset}.md"

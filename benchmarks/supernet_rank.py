@@ -176,7 +176,8 @@ def main(argv=None) -> int:
         f"- stand-alone: each candidate trained from scratch for {args.epochs} epochs (seed "
         f"{args.seed}), best validation IoU; {sa_wall:.0f} s wall for the "
         f"{len(rows)} trainings",
-        f"- candidates: the zoo topologies the space expresses ({', '.join(r['zoo'] for r in rows if r['zoo'])}; "
+        "- candidates: the zoo topologies the space expresses ("
+        + ", ".join(r["zoo"] for r in rows if r["zoo"]) + "; "
         f"their edge sets at depth {run.net.spec.depth}, in the supernet's sum-of-projections "
         f"form) and {args.random} uniform draws at evenly spaced ranks of open-edge count among "
         f"{args.pool} draws",

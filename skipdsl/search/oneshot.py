@@ -104,7 +104,7 @@ def run_oneshot(
     import torch
 
     from ..raytools import cpu_count
-    from ..train.trainer import BUDGETS, resolve_config
+    from ..train.trainer import BUDGETS
     from .runner import _check_dataset
     from .study import SearchError, make_sampler, make_storage, open_study, redact, storage_url
 
@@ -131,7 +131,7 @@ def run_oneshot(
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     cfg.checkpoint_dir = str(out / "checkpoints") if weights else None
-    epochs = int(over.get("epochs") or BUDGETS[budget].epochs)
+    epochs = int(over.get("epochs") or BUDGETS[budget].for_dataset(dataset).epochs)
     sn_epochs = default_supernet_epochs(epochs) if supernet_epochs is None else supernet_epochs
     phases: dict[str, dict[str, float]] = {}
 
@@ -253,8 +253,6 @@ def run_oneshot(
     _merge_phase(study, "rank", phases["rank"])
 
     # -- 3. retrain the best from scratch ------------------------------------------------------
-    import pandas as pd
-
     from ..bench.store import trial_key
     from .objective import RESULT_OVERRIDES, Prepared, _cgm_of, evaluate
     from .report import pareto_rows

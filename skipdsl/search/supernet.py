@@ -353,7 +353,7 @@ def train_supernet(space: "SearchSpace | str | None", config: dict[str, Any], *,
 
     sp = load_space(space)
     cfg = resolve_config({**config, "model": f"<supernet of {sp.name}>"})
-    budget = BUDGETS[cfg["budget"]]
+    budget = BUDGETS[cfg["budget"]].for_dataset(cfg["dataset"])
     threads = torch.get_num_threads()
     if cfg["threads"]:
         torch.set_num_threads(int(cfg["threads"]))
@@ -444,7 +444,8 @@ def inherited_score(run: SupernetRun, cand: Candidate, *, calib_batches: int = 4
     t0 = time.perf_counter()
     data, cfg = run.data, run.cfg
     path = run.net.path(cand)
-    bs = int(cfg["batch_size"] or BUDGETS[cfg["budget"]].batch_size)
+    budget = BUDGETS[cfg["budget"]].for_dataset(cfg["dataset"])
+    bs = int(cfg["batch_size"] or budget.batch_size)
     tr = torch.from_numpy(data.splits["train"])
     recalibrate_bn(path, data.images[tr], calib_batches, max(bs, 8))
     val = torch.from_numpy(data.splits["val"])

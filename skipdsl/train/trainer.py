@@ -36,7 +36,8 @@ from ..heads import init_heads
 from .augment import AugmentConfig, augment_batch, random_crop
 
 __all__ = ["Budget", "BUDGETS", "DEFAULTS", "Diverged", "resolve_config", "fast_path",
-           "train_and_evaluate", "planned_epochs", "TrialData", "load_data", "train_epoch", "recipe"]
+           "train_and_evaluate", "planned_epochs", "TrialData", "load_data", "train_epoch",
+           "recipe"]
 
 
 @dataclass(frozen=True)
