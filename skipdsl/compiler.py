@@ -377,6 +377,59 @@ def prune(model: fx.GraphModule, level: int, *, deep_supervision: bool = False) 
     return gm
 
 
+#: What must agree between a superset's graph and a sub-network's for the modules to be shared.
+_NODE_KEYS = ("in_channels", "width", "block", "aggregate")
+_EDGE_KEYS = ("op", "factor", "align_corners", "resample", "project", "dropout", "src_channels")
+
+
+def subnetwork(model: fx.GraphModule, spec: "Spec | str | Path") -> fx.GraphModule:
+    """The network of ``spec`` run on the modules of ``model``, a compiled superset of it.
+
+    ``spec`` must describe a sub-graph of ``model``'s graph whose every node and edge is built
+    as in ``model`` (same input channels, width, block and aggregation per node; same
+    resampling, projection and channels per edge), e.g. the superset spec with some edges and
+    nodes left out (:mod:`skipdsl.search.supernet`, where a sum aggregate over per-edge
+    projections keeps each block's input channels whatever edges are on). The returned module
+    holds the same parameter tensors (no copy), returns what ``skipdsl.compile(spec)`` would
+    return, and runs only the sub-graph: the left-out edges and nodes have no operation in its
+    generated code. Raises ``SpecError`` naming the first node or edge that ``model`` lacks
+    or builds differently.
+    """
+    spec = load(spec)
+    dag, full = build_graph(spec), model.dag
+    for n, d in dag.nodes(data=True):
+        if n == INPUT:
+            continue
+        if n not in full:
+            raise SpecError("node is not in the superset model", file=spec.source, node=n,
+                            hint="a sub-network may only leave nodes and edges out")
+        bad = [k for k in _NODE_KEYS if d.get(k) != full.nodes[n].get(k)]
+        if bad:
+            raise SpecError(f"node is built differently in the superset model ({bad[0]}: "
+                            f"{full.nodes[n].get(bad[0])!r} there, {d.get(bad[0])!r} here)",
+                            file=spec.source, node=n,
+                            hint="use a sum aggregate over per-edge projections, so that a "
+                            "node's input channels do not depend on which edges are on")
+    for u, v, d in dag.edges(data=True):
+        if not full.has_edge(u, v):
+            raise SpecError("edge is not in the superset model", file=spec.source, edge=(u, v),
+                            hint="a sub-network may only leave nodes and edges out")
+        bad = [k for k in _EDGE_KEYS if d.get(k) != full.edges[u, v].get(k)]
+        if bad:
+            raise SpecError(f"edge is built differently in the superset model ({bad[0]})",
+                            file=spec.source, edge=(u, v), expected=full.edges[u, v].get(bad[0]),
+                            found=d.get(bad[0]))
+    heads = _active_heads(spec, spec.deep_supervision)
+    missing = [h.node for h in heads if not hasattr(model.heads, h.node)]
+    if missing or (spec.cgm and not getattr(model, "uses_cgm", False)):
+        raise SpecError("the superset model has no head (or CGM) for this sub-network",
+                        file=spec.source, node=(missing or [heads[0].node])[0],
+                        hint="compile the superset with the same heads")
+    as_dict = spec.deep_supervision or spec.cgm
+    graph = _emit(spec, dag, heads, spec.cgm, as_dict, model)
+    return _finish(model, graph, spec, dag, heads, as_dict, spec.cgm)
+
+
 def main_logits(model: nn.Module, out: Any) -> torch.Tensor:
     """The main head's logits from a model output (tensor or deep-supervision dict)."""
     if isinstance(out, dict):

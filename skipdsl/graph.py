@@ -109,8 +109,13 @@ def _node_setting(spec: Spec, name: str, kind: str, key: str):
     return None
 
 
-def build_graph(spec: "Spec | str") -> nx.DiGraph:
-    """Expand a spec into its DAG and validate it (raises ``SpecError``)."""
+def build_graph(spec: "Spec | str", *, check: bool = True) -> nx.DiGraph:
+    """Expand a spec into its DAG and validate it (raises ``SpecError``).
+
+    ``check=False`` returns the expanded nodes and edges only: not validated (a node may have
+    no input or reach no head) and without derived channels. The one-shot supernet
+    (:mod:`skipdsl.search.supernet`) reads a sampled point's edges from it before trimming
+    the nodes that a gate leaves without an input or a way to the head."""
     spec = load(spec)
     src = spec.source
     depth, widths = spec.depth, spec.widths
@@ -222,6 +227,8 @@ def build_graph(spec: "Spec | str") -> nx.DiGraph:
                                 file=src, edge=(e.src, e.dst), hint="connect to a decoder node")
             add_edge(a, b, "explicit", e.resample, e.project, e.scale, e.dropout)
 
+    if not check:
+        return g
     _validate(spec, g)
     _derive_channels(spec, g)
     return g

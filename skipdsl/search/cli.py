@@ -2,6 +2,8 @@
 
     skipdsl search run [--space FILE] --dataset NAME --trials N --budget smoke|short|paper \\
         --out DIR [--backend optuna|ray] [--storage URL]
+    skipdsl search run --strategy oneshot [--space oneshot4] --dataset NAME --trials N \\
+        --top-k K --out DIR    (one supernet ranks N sub-networks; K retrained: .oneshot)
     skipdsl search report DIR
     skipdsl search space [FILE]
 """
@@ -31,6 +33,10 @@ def add_subparsers(sub) -> None:
                        "pareto.png, report.md under --out",
                        description="Run or resume an architecture search. Re-running the same "
                        "command resumes the study until it holds --trials trials.")
+    r.add_argument("--strategy", default="multitrial", choices=("multitrial", "oneshot"),
+                   help="multitrial (default): every trial trains its network; oneshot: one "
+                   "supernet over the space's edges ranks --trials sub-networks by inherited "
+                   "weights, then the --top-k best are trained from scratch")
     r.add_argument("--space", default=None,
                    help="space file or shipped space name (default: 'default', the UNet# grid "
                    "superset)")
@@ -38,7 +44,10 @@ def add_subparsers(sub) -> None:
     r.add_argument("--trials", type=_positive_int, required=True,
                    help="networks the study should evaluate (all workers together; invalid and "
                    "too costly samples are recorded but not counted)")
-    r.add_argument("--budget", default="smoke", choices=("smoke", "short", "paper"))
+    r.add_argument("--budget", default="smoke", choices=("smoke", "quick", "cpu", "short", "paper"),
+                   help="the trainer's budget (skipdsl.train.trainer.BUDGETS) with the space's "
+                   "settings for it (budgets: in the space file; cpu: the Table-1 comparison "
+                   "recipe)")
     r.add_argument("--out", required=True, help="output folder (and SQLite study by default)")
     r.add_argument("--backend", default="optuna", choices=("optuna", "ray"))
     r.add_argument("--storage", default=None,
@@ -85,8 +94,9 @@ def add_subparsers(sub) -> None:
                    "bf16,channels_last,compile,cuda_graphs. Not part of a trial's cache key")
     r.add_argument("--latency-size", type=_positive_int, default=None,
                    help="image side for the latency objective (default 96 in 2D, 64 in 3D)")
-    r.add_argument("--latency-iters", type=_positive_int, default=20,
-                   help="timed forward passes per latency measurement (median; default 20)")
+    r.add_argument("--latency-iters", type=_positive_int, default=None,
+                   help="timed forward passes per latency measurement (median; default 20, "
+                   "oneshot 5)")
     r.add_argument("--workers", type=_positive_int, default=None,
                    help="optuna backend: trial processes on this machine (default: one per core "
                    "up to 4 on CPU, each single-threaded; 1 with a GPU)")
@@ -98,6 +108,17 @@ def add_subparsers(sub) -> None:
                    help="a trial with no heartbeat for S seconds (default 3 x --heartbeat) "
                    "belongs to a dead worker: it is failed as 'died' with the reason, run "
                    "again once, and not counted")
+    o = r.add_argument_group("oneshot strategy (default space: oneshot4; --trials = "
+                             "sub-networks ranked with the supernet's weights)")
+    o.add_argument("--top-k", type=int, default=4,
+                   help="members of the inherited Pareto front (highest inherited IoU first) "
+                   "retrained from scratch (default 4)")
+    o.add_argument("--supernet-epochs", type=int, default=None,
+                   help="supernet training epochs (default: 3 x the budget's epochs)")
+    o.add_argument("--calib-batches", type=_positive_int, default=4,
+                   help="training batches that recalibrate BatchNorm per candidate (4)")
+    o.add_argument("--no-zoo-retrain", action="store_true",
+                   help="do not retrain the zoo topologies (UNet#, UNet, ...) as references")
     g = r.add_argument_group("ray backend")
     g.add_argument("--address", default=None, help="Ray cluster address (default: a local Ray)")
     g.add_argument("--num-cpus", type=_positive_int, default=None,
@@ -133,6 +154,8 @@ def _run(args) -> int:
     overrides = {"epochs": args.epochs, "n": args.n, "data_root": args.data_root,
                  "threads": args.threads, "device": args.device,
                  "fast": None if args.fast is None else normalize(args.fast)}
+    if args.strategy == "oneshot":
+        return _run_oneshot(args, overrides, con)
     summary = run_search(
         dataset=args.dataset, trials=args.trials, out=args.out, space=args.space,
         budget=args.budget, seed=args.seed,
@@ -144,7 +167,7 @@ def _run(args) -> int:
         max_gflops=args.max_gflops,
         zoo=not args.no_zoo, trainer=args.trainer, overrides=overrides,
         latency_size=args.latency_size,
-        latency_iters=args.latency_iters,
+        latency_iters=args.latency_iters or 20,
         workers=args.workers, address=args.address,
         cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
         num_cpus=args.num_cpus, heartbeat=args.heartbeat, grace=args.grace,
@@ -152,6 +175,32 @@ def _run(args) -> int:
     states = ", ".join(f"{k} {v}" for k, v in sorted(summary.states.items()))
     con.print(f"[green]done[/]: {summary.ran} trial(s) run here; the study holds "
               f"{summary.finished} evaluated networks ({states}); {summary.seconds:.0f} s")
+    return 0
+
+
+def _run_oneshot(args, overrides: dict, con) -> int:
+    from .oneshot import run_oneshot
+    from .study import SearchError
+
+    multi = [f for f, v in (("--backend ray", args.backend != "optuna"),
+                            ("--workers", args.workers), ("--address", args.address)) if v]
+    if multi:
+        raise SearchError(f"{', '.join(multi)}: multi-trial settings; the oneshot strategy "
+                          "runs in one process")
+    s = run_oneshot(
+        dataset=args.dataset, candidates=args.trials, out=args.out, space=args.space,
+        budget=args.budget, seed=args.seed,
+        objectives=[o.strip() for o in args.objectives.split(",") if o.strip()],
+        top_k=args.top_k, retrain_zoo=not args.no_zoo_retrain,
+        supernet_epochs=args.supernet_epochs, calib_batches=args.calib_batches,
+        population=args.population, sampler_seed=args.sampler_seed,
+        width_scale=args.width_scale, storage=args.storage, study_name=args.study,
+        zoo=not args.no_zoo, overrides=overrides, latency_size=args.latency_size,
+        latency_iters=args.latency_iters or 5, weights=not args.no_weights,
+        command=_command(), log=con.print)
+    times = ", ".join(f"{k} {v.get('wall_s', 0):.0f} s" for k, v in s.phases.items() if v)
+    con.print(f"[green]done[/]: {s.ranked} sub-networks ranked with inherited weights, "
+              f"{s.retrained} retrained from scratch ({times}); {s.seconds:.0f} s")
     return 0
 
 

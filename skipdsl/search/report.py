@@ -91,7 +91,8 @@ def write_pareto(out: Path, front, study, cfg: SearchConfig, study_name: str) ->
         skipdsl.compile(spec)  # every written spec compiles
         header = [f"# skipdsl search: trial {t.number} of study '{study_name}', on the Pareto "
                   f"front of {', '.join(cfg.objectives)}",
-                  f"# {objs}; hash {r['hash']}" + (f"; zoo model {r['zoo']}" if r["zoo"] else ""),
+                  f"# {objs}; hash {r['hash']}"
+                  + (f"; zoo model {r['zoo']}" if isinstance(r["zoo"], str) else ""),
                   f"# dataset {cfg.dataset}, budget {cfg.budget}, seed {cfg.seed}, widths x"
                   f"{cfg.width_scale:g} of the space's (the widths below are the measured ones)",
                   "# point: " + json.dumps({k: v for k, v in t.params.items()}, sort_keys=True)]

@@ -272,9 +272,16 @@ def _check_dataset(name: str) -> None:
 
 
 def report(out: str | Path, storage: str | None = None) -> dict[str, Path]:
-    """Rebuild the outputs of a search folder from its study."""
+    """Rebuild the outputs of a search folder from its study (either strategy)."""
     from .report import write_outputs
     from .study import load_for_report
+
+    settings_file = Path(out) / "search.json"
+    if settings_file.is_file() and \
+            json.loads(settings_file.read_text()).get("strategy") == "oneshot":
+        from .oneshot import report as oneshot_report
+
+        return oneshot_report(out, storage)
 
     study, space, cfg, settings = load_for_report(out, storage)
     return write_outputs(out, study, space, cfg, settings)

@@ -137,6 +137,33 @@ class BudgetSettings(_Model):
                                   ("batch_size", self.batch_size)) if v is not None}
 
 
+class SupernetSettings(_Model):
+    """How the one-shot strategy (``search run --strategy oneshot``, :mod:`.supernet`) builds
+    the space's supernet: the superset network with every candidate edge and node.
+
+    A sampled sub-network must reuse the superset's weights whatever edges are on, so every
+    edge into a decoder node is projected to a fixed width (``project``: ``level`` = the
+    target level's width, or a channel count; conv ``kernel`` x ``kernel`` + the block's norm
+    and act) and the node sums its inputs (``aggregate: sum``): a node's block sees the same
+    channels with one input or six. The space's own per-edge projection choices do not apply
+    (an edge is off or on). ``fix`` pins the dimensions that are not topology (depth, widths,
+    blocks, head kernel, ...: one supernet has one of each) to a value; those not named take
+    their first choice. The supernet trains the main head only (no deep supervision or CGM).
+    """
+
+    aggregate: Literal["sum"] = "sum"
+    project: Union[int, Literal["level"]] = "level"
+    kernel: int = Field(1, gt=0)
+    fix: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("project")
+    @classmethod
+    def _positive(cls, v):
+        if isinstance(v, int) and v <= 0:
+            raise ValueError("supernet.project must be > 0 channels or 'level'")
+        return v
+
+
 DEFAULT_BUDGETS = {"smoke": {"width_scale": 0.125, "max_gflops": 2.0, "epochs": 5, "n": 96},
                    "short": {"width_scale": 0.5}, "paper": {"width_scale": 1.0}}
 
@@ -163,6 +190,8 @@ class SearchSpace(_Model):
     cgm: Union[str, list[str]] = "none"
     # encoder backbone choices (none = the grid's own encoder); absent: no backbone dimension
     backbone: Union[str, list[str], None] = None
+    # the one-shot strategy's supernet (SupernetSettings); absent: its defaults
+    supernet: SupernetSettings | None = None
     budgets: dict[str, BudgetSettings] = Field(
         default_factory=lambda: {k: BudgetSettings(**v) for k, v in DEFAULT_BUDGETS.items()})
     source: str | None = Field(None, exclude=True)
@@ -357,8 +386,10 @@ class SearchSpace(_Model):
 
     # -- point -> spec --------------------------------------------------------------------
     def build(self, point: dict[str, Any], *, name: str | None = None,
-              description: str | None = None) -> Spec:
-        """The checked spec of a point; raises ``SpecError`` when it is not a valid network."""
+              description: str | None = None, check: bool = True) -> Spec:
+        """The checked spec of a point; raises ``SpecError`` when it is not a valid network.
+        ``check=False`` checks the spec's schema only, not its graph (the one-shot supernet
+        trims a point's dead nodes itself)."""
         p = self.complete(point)
         depth = int(p["depth"])
         mult = [float(p.get(f"width_mult_{i}", 1.0)) for i in range(depth)]
@@ -408,9 +439,10 @@ class SearchSpace(_Model):
         if p["cgm"] != "none":
             data["cgm"] = True
         spec = from_dict(data, source=f"<search space {self.name}>")
-        import skipdsl  # late: the graph validator
+        if check:
+            import skipdsl  # late: the graph validator
 
-        skipdsl.graph(spec)  # raises SpecError for an invalid network
+            skipdsl.graph(spec)  # raises SpecError for an invalid network
         return spec
 
     def _heads(self, p: dict, depth: int, nodes: Any) -> tuple[list[dict], bool]:
@@ -548,8 +580,9 @@ class SearchSpace(_Model):
     def fingerprint(self) -> str:
         """A hash of the space's content (stored with a study to refuse mixing spaces)."""
         data = self.model_dump(mode="json", by_alias=True)
-        if data.get("backbone") is None:  # a space without the key keeps its fingerprint
-            data.pop("backbone", None)
+        for key in ("backbone", "supernet"):  # a space without the key keeps its fingerprint
+            if data.get(key) is None:
+                data.pop(key, None)
         blob = json.dumps(data, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -36,7 +36,8 @@ from ..heads import init_heads
 from .augment import AugmentConfig, augment_batch, random_crop
 
 __all__ = ["Budget", "BUDGETS", "DEFAULTS", "Diverged", "resolve_config", "fast_path",
-           "train_and_evaluate", "planned_epochs"]
+           "train_and_evaluate", "planned_epochs", "TrialData", "load_data", "train_epoch",
+           "recipe"]
 
 
 @dataclass(frozen=True)
@@ -316,6 +317,98 @@ def _empty_result(cfg: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+@dataclass
+class TrialData:
+    """A trial's data: the dataset, its splits (index arrays), the images normalised per channel
+    with the training split's statistics (``mean``, ``std``; ``raw_images`` before), the masks,
+    and ``red``, the dimensions the statistics reduce over."""
+
+    ds: Any
+    dims: int
+    is3d: bool
+    splits: dict[str, np.ndarray]
+    case_ids: list[str]
+    images: torch.Tensor
+    raw_images: torch.Tensor
+    masks: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
+    red: tuple[int, ...]
+
+
+def load_data(cfg: dict[str, Any], budget: Budget) -> TrialData:
+    """Load and normalise a resolved config's dataset (the budget's image count unless ``n``);
+    an empty validation split falls back to the training split."""
+    from skipdsl.data import load_dataset
+
+    n = cfg["n"]
+    ds = load_dataset(cfg["dataset"], root=cfg["data_root"], seed=int(cfg["data_seed"]),
+                      n=n if n is not None else _budget_n(budget, cfg["dataset"], cfg["data_root"]),
+                      cache_dir=cfg["cache_dir"])
+    splits = {k: np.asarray(ds.splits[k], dtype=np.int64) for k in ("train", "val", "test")}
+    if len(splits["train"]) == 0 or len(splits["test"]) == 0:
+        raise ValueError(f"dataset '{cfg['dataset']}' has an empty train or test split: "
+                         f"{ {k: len(v) for k, v in splits.items()} }")
+    if len(splits["val"]) == 0:  # tiny data: select on the training split instead
+        splits["val"] = splits["train"]
+    images = _as_tensor(ds.images).float()
+    # per-channel normalisation with training statistics
+    red = (0,) + tuple(range(2, images.dim()))
+    tr = images[torch.from_numpy(splits["train"])]
+    mean = tr.mean(dim=red, keepdim=True)
+    std = tr.std(dim=red, keepdim=True).clamp_min(1e-6)
+    return TrialData(ds=ds, dims=int(ds.dims), is3d=int(ds.dims) == 3, splits=splits,
+                     case_ids=[str(c) for c in ds.case_ids], images=(images - mean[:1]) / std[:1],
+                     raw_images=images, masks=_as_tensor(ds.masks), mean=mean, std=std, red=red)
+
+
+def recipe(model: torch.nn.Module, cfg: dict[str, Any], total_steps: int):
+    """The recipe's optimiser (Adam), its cosine schedule over ``total_steps`` and the
+    augmentation settings, from a resolved config."""
+    opt = torch.optim.Adam(model.parameters(), lr=float(cfg["lr"]),
+                           weight_decay=float(cfg["weight_decay"]))
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps,
+                                                       eta_min=float(cfg["eta_min"]))
+    aug = AugmentConfig() if cfg["augment"] else AugmentConfig(rot90=False, flip=False,
+                                                                intensity=False)
+    return opt, sched, aug
+
+
+def train_epoch(forward: Callable, opt: Any, sched: Any, loss_fn: Callable,
+                train_x: torch.Tensor, train_y: torch.Tensor, *, epoch: int, batch_size: int,
+                steps: int, patch: int, aug: AugmentConfig, generator: torch.Generator,
+                fast: Any, memory_format: Any = None) -> torch.Tensor:
+    """One epoch of ``steps`` optimiser steps on shuffled batches (random patch crops when
+    ``patch``, augmentation); returns the step losses. Raises :class:`Diverged` when one is
+    NaN/inf. ``forward`` is called once per step in training mode (the one-shot supernet
+    samples its path there)."""
+    n_train = train_x.shape[0]
+    perm = torch.randperm(n_train, generator=generator)
+    losses = torch.zeros(steps, device=train_x.device)
+    for step in range(steps):
+        idx = perm[step * batch_size:(step + 1) * batch_size].to(train_x.device)
+        x, y = train_x.index_select(0, idx), train_y.index_select(0, idx)
+        if patch:
+            x, y = random_crop(x, y, patch, generator=generator)
+        x, y = augment_batch(x, y, config=aug, generator=generator)
+        if memory_format is not None:
+            x = x.contiguous(memory_format=memory_format)
+        with fast.autocast():
+            out = forward(x)
+        loss = loss_fn(out, y.float())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses[step] = loss.detach().float()
+    bad = ~torch.isfinite(losses)
+    if bool(bad.any()):
+        first = int(bad.nonzero()[0])
+        raise Diverged(f"diverged: loss is {losses[first].item()} at epoch {epoch} "
+                       f"step {first} (lr {opt.param_groups[0]['lr']:.3g})")
+    return losses
+
+
 def train_and_evaluate(config: dict[str, Any],
                        report: Callable[[int, float], Any] | None = None) -> dict[str, Any]:
     """Train one model on one dataset and evaluate it on the test split.
@@ -356,7 +449,6 @@ def train_and_evaluate(config: dict[str, Any],
 def _train_and_evaluate(cfg: dict[str, Any],
                         report: Callable[[int, float], Any] | None) -> dict[str, Any]:
     import skipdsl
-    from skipdsl.data import load_dataset
     from skipdsl.spec import scale_spec
     from skipdsl.losses import build_loss
     from skipdsl.train.metrics import aggregate, case_metrics, count_params, gflops
@@ -380,30 +472,11 @@ def _train_and_evaluate(cfg: dict[str, Any],
     fast = fast_path(cfg, spec, device)
     result.update(fast=fast.summary(), fast_skipped=fast.reasons())
     result["spec_hash"] = skipdsl.spec_hash(spec)
-    n = cfg["n"]
-    ds = load_dataset(cfg["dataset"], root=cfg["data_root"], seed=int(cfg["data_seed"]),
-                      n=n if n is not None else _budget_n(budget, cfg["dataset"], cfg["data_root"]),
-                      cache_dir=cfg["cache_dir"])
-    dims = int(ds.dims)
-    is3d = dims == 3
-    splits = {k: np.asarray(ds.splits[k], dtype=np.int64) for k in ("train", "val", "test")}
-    case_ids = [str(c) for c in ds.case_ids]
+    data = load_data(cfg, budget)
+    ds, dims, is3d, splits, case_ids = data.ds, data.dims, data.is3d, data.splits, data.case_ids
+    images, masks, mean, std, red = data.images, data.masks, data.mean, data.std, data.red
+    raw_images = data.raw_images
     result["splits"] = {k: [case_ids[i] for i in v] for k, v in splits.items()}
-    if len(splits["train"]) == 0 or len(splits["test"]) == 0:
-        raise ValueError(f"dataset '{cfg['dataset']}' has an empty train or test split: "
-                         f"{ {k: len(v) for k, v in splits.items()} }")
-    if len(splits["val"]) == 0:  # tiny data: select on the training split instead
-        splits["val"] = splits["train"]
-
-    images = _as_tensor(ds.images).float()
-    masks = _as_tensor(ds.masks)
-    # per-channel normalisation with training statistics
-    red = (0,) + tuple(range(2, images.dim()))
-    tr = images[torch.from_numpy(splits["train"])]
-    mean = tr.mean(dim=red, keepdim=True)
-    std = tr.std(dim=red, keepdim=True).clamp_min(1e-6)
-    raw_images = images
-    images = (images - mean[:1]) / std[:1]
 
     # -- model -----------------------------------------------------------------------------
     widths = cfg["widths"]
@@ -450,12 +523,7 @@ def _train_and_evaluate(cfg: dict[str, Any],
     n_train = len(splits["train"])
     bs = max(1, min(bs, n_train))
     steps_per_epoch = max(1, n_train // bs)  # drop the last partial batch (BatchNorm)
-    opt = torch.optim.Adam(model.parameters(), lr=float(cfg["lr"]),
-                           weight_decay=float(cfg["weight_decay"]))
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(
-        opt, T_max=epochs * steps_per_epoch, eta_min=float(cfg["eta_min"]))
-    aug = AugmentConfig() if cfg["augment"] else AugmentConfig(rot90=False, flip=False,
-                                                                intensity=False)
+    opt, sched, aug = recipe(model, cfg, epochs * steps_per_epoch)
     result["device"] = str(device)
 
     # data lives on the device for the whole trial (small benchmark sets)
@@ -473,29 +541,9 @@ def _train_and_evaluate(cfg: dict[str, Any],
         for epoch in range(epochs):
             model.train()
             te = time.perf_counter()
-            perm = torch.randperm(n_train, generator=gen)
-            losses = torch.zeros(steps_per_epoch, device=device)
-            for step in range(steps_per_epoch):
-                idx = perm[step * bs:(step + 1) * bs].to(device)
-                x, y = train_x.index_select(0, idx), train_y.index_select(0, idx)
-                if patch:
-                    x, y = random_crop(x, y, patch, generator=gen)
-                x, y = augment_batch(x, y, config=aug, generator=gen)
-                if memory_format is not None:
-                    x = x.contiguous(memory_format=memory_format)
-                with fast.autocast():
-                    out = forward(x)
-                loss = loss_fn(out, y.float())
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                losses[step] = loss.detach().float()
-            bad = ~torch.isfinite(losses)
-            if bool(bad.any()):
-                first = int(bad.nonzero()[0])
-                raise Diverged(f"diverged: loss is {losses[first].item()} at epoch {epoch} "
-                               f"step {first} (lr {opt.param_groups[0]['lr']:.3g})")
+            losses = train_epoch(forward, opt, sched, loss_fn, train_x, train_y, epoch=epoch,
+                                 batch_size=bs, steps=steps_per_epoch, patch=patch, aug=aug,
+                                 generator=gen, fast=fast, memory_format=memory_format)
             probs = predict(model, val_x, eval_bs, forward=evaluate)
             vm = aggregate(case_metrics(probs, val_y, threshold=cfg["threshold"]))
             val_iou = vm["iou"] if not math.isnan(vm["iou"]) else 0.0
