@@ -221,7 +221,9 @@ def budget_fingerprint(budget: Any, dataset: str | None = None) -> str:
     import hashlib
     import json
 
-    fields = dataclasses.asdict(budget.for_dataset(dataset) if dataset else budget)
+    if dataset and hasattr(budget, "for_dataset"):  # instance budgets have no per-dataset part
+        budget = budget.for_dataset(dataset)
+    fields = dataclasses.asdict(budget)
     fields.pop("per_dataset", None)
     blob = json.dumps(fields, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
