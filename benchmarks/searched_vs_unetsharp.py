@@ -110,19 +110,26 @@ def main(argv=None) -> int:
               "Paired Wilcoxon over test cases (per-case IoU averaged over seeds), Holm-"
               "corrected over all pairs; significant = p_holm < 0.05 and every seed of the "
               "better one above every seed of the other (skipdsl.bench.stats.pairwise).", "",
-              f"| network | params | vs {ref} params | IoU diff (searched - {ref}) | p_holm | "
-              "significant |", "|---|---|---|---|---|---|"]
+              "`test IoU diff`: difference of the means over seeds (the table above); `paired "
+              "diff`: mean over the cases both score of the seed-averaged per-case IoU (cases "
+              "empty in prediction and ground truth left out), what the test compares.", "",
+              f"| network | params | vs {ref} params | test IoU diff (searched - {ref}) | "
+              "paired diff | p_holm | significant |", "|---|---|---|---|---|---|---|"]
     better = []
+    mean = dict(zip(summary["config"], summary["iou"]))
     for name in models:
         if name == ref:
             continue
         p = pairs[((pairs["a"] == name) & (pairs["b"] == ref))
                   | ((pairs["a"] == ref) & (pairs["b"] == name))].iloc[0]
-        diff = p["mean_diff"] if p["a"] == name else -p["mean_diff"]
+        paired = p["mean_diff"] if p["a"] == name else -p["mean_diff"]
+        diff = mean[name] - mean[ref]
         lines.append(f"| {name} | {params[name]} | {params[name] / params[ref]:.2f}x | "
-                     f"{diff:+.4f} | {p['p_holm']:.3g} | {bool(p['significant'])} |")
+                     f"{diff:+.4f} | {paired:+.4f} | {p['p_holm']:.3g} | "
+                     f"{bool(p['significant'])} |")
         if diff > 0 and params[name] <= params[ref]:
-            better.append((name, bool(p["significant"])))
+            # significant in its favour only when the paired test and the seeds agree
+            better.append((name, bool(p["significant"]) and p["a"] == name))
     lines += ["", f"Searched networks with a higher test IoU than {ref} at no more parameters: "
               f"{len(better)} of {len(models) - 1}"
               + (" (" + ", ".join(n + (" (significant)" if sig else " (not significant)")
