@@ -60,6 +60,15 @@ def _active_heads(spec: Spec, deep_supervision: bool) -> list[Head]:
     return [main] + ([h for h in spec.heads if h is not main] if deep_supervision else [])
 
 
+def _outputs(spec: Spec) -> tuple[list[Head], bool]:
+    """The heads a compiled ``spec`` runs and whether it returns a dict: a pyramid's output
+    convs (feature maps, :mod:`skipdsl.detection`), else the main head and, with deep
+    supervision, the others."""
+    if spec.pyramid is not None:
+        return [Head(node=n, kernel=spec.pyramid.kernel) for n in spec.pyramid.nodes], True
+    return _active_heads(spec, spec.deep_supervision), spec.deep_supervision or spec.cgm
+
+
 def _cgm_key(h: Head) -> str:
     return h.cgm_from or h.node
 
@@ -326,11 +335,7 @@ def compile(
         data.setdefault("decoder", {})["checkpoint"] = checkpoint
         spec = spec.replace(decoder=data["decoder"])
     dag = build_graph(spec)
-    if spec.pyramid is not None:  # feature maps, not logits (skipdsl.detection)
-        heads = [Head(node=n, kernel=spec.pyramid.kernel) for n in spec.pyramid.nodes]
-    else:
-        heads = _active_heads(spec, spec.deep_supervision)
-    as_dict = spec.deep_supervision or spec.cgm or spec.pyramid is not None
+    heads, as_dict = _outputs(spec)
     root, encoder = _build_modules(spec, dag, heads, spec.cgm)
     if spec.init == "he":
         init_he(root)
@@ -419,13 +424,12 @@ def subnetwork(model: fx.GraphModule, spec: "Spec | str | Path") -> fx.GraphModu
             raise SpecError(f"edge is built differently in the superset model ({bad[0]})",
                             file=spec.source, edge=(u, v), expected=full.edges[u, v].get(bad[0]),
                             found=d.get(bad[0]))
-    heads = _active_heads(spec, spec.deep_supervision)
+    heads, as_dict = _outputs(spec)
     missing = [h.node for h in heads if not hasattr(model.heads, h.node)]
     if missing or (spec.cgm and not getattr(model, "uses_cgm", False)):
         raise SpecError("the superset model has no head (or CGM) for this sub-network",
                         file=spec.source, node=(missing or [heads[0].node])[0],
                         hint="compile the superset with the same heads")
-    as_dict = spec.deep_supervision or spec.cgm
     graph = _emit(spec, dag, heads, spec.cgm, as_dict, model)
     return _finish(model, graph, spec, dag, heads, as_dict, spec.cgm)
 

@@ -72,7 +72,6 @@ class PyramidBackbone(nn.Module):
         if self.spec.init == "torch":  # the backbone keeps torchvision's init; the pyramid's
             init_fpn(self.body)         # convs get FeaturePyramidNetwork's
 
-
     def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
         return OrderedDict(self.body(x))
 
@@ -97,8 +96,8 @@ def maskrcnn(spec: "str | Spec", num_classes: int = 2, *, in_channels: int | Non
     torchvision's 32..512), aspect ratios 0.5, 1, 2. ``image_size``: the transform's min and
     max size (default torchvision's 800/1333). ``image_mean``/``image_std``: the transform's
     normalisation (default ImageNet's). ``roi_width``: the mask head's conv width and a
-    quarter of the box head's MLP width (default torchvision's 256 and 1024); ``kwargs`` go to ``MaskRCNN`` (box_batch_size_per_image,
-    box_detections_per_img, ...). Returns the detector; ``detector.backbone.body`` is the
+    quarter of the box head's MLP width (default torchvision's 256 and 1024); ``kwargs`` go
+    to ``MaskRCNN`` (box_batch_size_per_image, box_detections_per_img, ...). Returns the detector; ``detector.backbone.body`` is the
     compiled pyramid (``.code``, ``.dag``)."""
     from torchvision.models.detection import MaskRCNN
     from torchvision.models.detection.anchor_utils import AnchorGenerator

@@ -32,9 +32,9 @@ DS_MODES = ("off", "on", "both")
 
 #: Trainer config keys that change a result (part of the trial key); the rest (device,
 #: threads, cache_dir, data_root...) only say where and how fast it runs.
-RESULT_KEYS = ("task", "epochs", "n", "widths", "batch_size", "lr", "weight_decay", "eta_min", "loss",
-               "loss_kwargs", "cgm", "augment", "data_seed", "hd95", "threshold", "head_init",
-               "patch")
+RESULT_KEYS = ("task", "epochs", "n", "widths", "batch_size", "lr", "weight_decay", "eta_min",
+               "loss", "loss_kwargs", "cgm", "augment", "data_seed", "hd95", "threshold",
+               "head_init", "patch")
 
 
 @dataclass
@@ -135,6 +135,10 @@ def plan(
             ref = spec.to_dict()
         h = skipdsl.spec_hash(spec)
         ds_modes = [d for d in modes if not d or len(spec.heads) > 1]
+        if task == "instance":
+            from skipdsl.train.instance import model_label
+
+            name = model_label(m if ref == m else ref, spec)
         for dataset in datasets:
             # the budget's definition as this dataset gets it (not only its name): trials
             # stored under an older definition of a budget are not taken for the current one
@@ -146,9 +150,7 @@ def plan(
                     config = {**overrides, "model": ref, "dataset": dataset, "seed": int(seed),
                               "deep_supervision": ds, "budget": budget}
                     if task == "instance":
-                        from skipdsl.train.instance import model_label
-
-                        label = f"{model_label(m if ref == m else ref, spec)}/{dataset}/s{seed}"
+                        label = f"{name}/{dataset}/s{seed}"
                         config["task"] = task
                     trials.setdefault(key, Trial(key, label, config))
     return list(trials.values())

@@ -302,7 +302,6 @@ def run_oneshot(
             f"{rec['seconds']:.0f} s")
     phases["retrain"] = {**clock.done(), "retrained": len(picks)}
     _merge_phase(study, "retrain", phases["retrain"])
-    phases["supernet"] = phases.get("supernet", {})
     settings["phases"] = _phases(study, phases)
     (out / "search.json").write_text(json.dumps(settings, indent=2))
     files = write_outputs(out, study, sp, cfg, settings)

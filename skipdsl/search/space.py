@@ -266,8 +266,9 @@ class SearchSpace(_Model):
 
     def _check_backbone(self) -> None:
         """Nothing in the space that a named backbone cannot be (the field validator has
-        already checked the names): 2D only, and no deeper than its stages (the backbone fixes the encoder's blocks and channels; the
-        space's widths are the decoder's, and its encoder_block applies to ``none`` only)."""
+        already checked the names): 2D only, and no deeper than its stages (the backbone fixes
+        the encoder's blocks and channels; the space's widths are the decoder's, and its
+        encoder_block applies to ``none`` only)."""
         from ..backbones import BACKBONES
 
         named = [v for v in self.backbone_choices() if v != NO_BACKBONE]

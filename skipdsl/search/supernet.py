@@ -226,11 +226,8 @@ class Supernet(nn.Module):
                             hint=f"parameters: {', '.join(choices)}")
         raw = self.space.build(_raw_point(self.space, self.pins, topo), check=False)
         g = build_graph(raw, check=False)
-        on = nx.DiGraph()
-        on.add_nodes_from(g.nodes)
-        on.add_edges_from(g.edges)
-        fwd = nx.descendants(on, INPUT) | {INPUT}
-        back = (nx.ancestors(on, self.head) | {self.head}) if self.head in on else set()
+        fwd = nx.descendants(g, INPUT) | {INPUT}
+        back = (nx.ancestors(g, self.head) | {self.head}) if self.head in g else set()
         live = fwd & back
         lost = [n for n in [self.head] + self.encoder if n not in live]
         if lost:

@@ -31,7 +31,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from .augment import AugmentConfig, augment_batch
+from .augment import augment_batch
 
 __all__ = ["InstanceBudget", "INSTANCE_BUDGETS", "instance_targets", "mask_ap", "run_instance",
            "union_masks", "train_and_evaluate_instance", "detector_for"]
@@ -171,7 +171,8 @@ def detector_for(spec: Any, budget: InstanceBudget, in_channels: int,
 
 
 @torch.no_grad()
-def _predict(model: torch.nn.Module, images: torch.Tensor, bs: int) -> list[dict[str, torch.Tensor]]:
+def _predict(model: torch.nn.Module, images: torch.Tensor, bs: int
+             ) -> list[dict[str, torch.Tensor]]:
     model.eval()
     out: list[dict[str, torch.Tensor]] = []
     for b in range(0, images.shape[0], bs):
@@ -210,11 +211,11 @@ def run_instance(cfg: dict[str, Any], report: Callable[[int, float], Any] | None
     """The trial of a resolved config (``skipdsl.train.trainer.train_and_evaluate`` calls it
     for ``task: instance``, with the torch threads set)."""
     import skipdsl
-    from skipdsl.data import load_dataset
     from skipdsl.detection import pyramid_spec
     from skipdsl.train.metrics import aggregate, case_metrics, count_params
 
-    from .trainer import _device, _empty_result, _samples, _seed_everything
+    from .trainer import _device, _empty_result, _samples, _seed_everything, augment_config, \
+        load_data
 
     if cfg["budget"] not in INSTANCE_BUDGETS:
         raise ValueError(f"unknown instance budget '{cfg['budget']}'; valid: "
@@ -234,21 +235,13 @@ def run_instance(cfg: dict[str, Any], report: Callable[[int, float], Any] | None
     result["spec_hash"] = skipdsl.spec_hash(spec)
     result["loss"] = "maskrcnn"
 
-    ds = load_dataset(cfg["dataset"], root=cfg["data_root"], seed=int(cfg["data_seed"]),
-                      n=budget.n, cache_dir=cfg["cache_dir"])
-    if ds.instances is None or int(ds.dims) != 2:
+    data = load_data({**cfg, "n": budget.n})  # normalised with the training statistics
+    ds, splits, case_ids = data.ds, data.splits, data.case_ids
+    if ds.instances is None or data.dims != 2:
         raise ValueError(f"dataset '{cfg['dataset']}' has no 2D instance labels; instance "
                          "trials need one that keeps them (nuclei2d, dsb2018)")
-    splits = {k: np.asarray(ds.splits[k], dtype=np.int64) for k in ("train", "val", "test")}
-    case_ids = [str(c) for c in ds.case_ids]
     result["splits"] = {k: [case_ids[i] for i in v] for k, v in splits.items()}
-    if len(splits["val"]) == 0:
-        splits["val"] = splits["train"]
-    images = torch.from_numpy(np.ascontiguousarray(ds.images)).float()
-    tr = images[torch.from_numpy(splits["train"])]
-    mean = tr.mean(dim=(0, 2, 3), keepdim=True)
-    std = tr.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
-    raw_images, images = images, (images - mean) / std
+    raw_images, images = data.raw_images, data.images
     inst = torch.from_numpy(np.ascontiguousarray(ds.instances)).long()
 
     model = detector_for(spec, budget, int(ds.in_channels)).to(device)
@@ -264,8 +257,7 @@ def run_instance(cfg: dict[str, Any], report: Callable[[int, float], Any] | None
         return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    aug = AugmentConfig() if cfg["augment"] else AugmentConfig(rot90=False, flip=False,
-                                                                intensity=False)
+    aug = augment_config(cfg)
     val_idx = torch.from_numpy(splits["val"])
     val_targets = [instance_targets(inst[i]) for i in val_idx]
     curve, best, t0 = [], (-math.inf, -1, None), time.perf_counter()

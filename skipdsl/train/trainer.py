@@ -336,14 +336,15 @@ class TrialData:
     red: tuple[int, ...]
 
 
-def load_data(cfg: dict[str, Any], budget: Budget) -> TrialData:
-    """Load and normalise a resolved config's dataset (the budget's image count unless ``n``);
-    an empty validation split falls back to the training split."""
+def load_data(cfg: dict[str, Any], budget: Budget | None = None) -> TrialData:
+    """Load and normalise a resolved config's dataset (``cfg['n']`` images, else the budget's
+    image count, else all); an empty validation split falls back to the training split."""
     from skipdsl.data import load_dataset
 
     n = cfg["n"]
-    ds = load_dataset(cfg["dataset"], root=cfg["data_root"], seed=int(cfg["data_seed"]),
-                      n=n if n is not None else _budget_n(budget, cfg["dataset"], cfg["data_root"]),
+    if n is None and budget is not None:
+        n = _budget_n(budget, cfg["dataset"], cfg["data_root"])
+    ds = load_dataset(cfg["dataset"], root=cfg["data_root"], seed=int(cfg["data_seed"]), n=n,
                       cache_dir=cfg["cache_dir"])
     splits = {k: np.asarray(ds.splits[k], dtype=np.int64) for k in ("train", "val", "test")}
     if len(splits["train"]) == 0 or len(splits["test"]) == 0:
@@ -369,9 +370,13 @@ def recipe(model: torch.nn.Module, cfg: dict[str, Any], total_steps: int):
                            weight_decay=float(cfg["weight_decay"]))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps,
                                                        eta_min=float(cfg["eta_min"]))
-    aug = AugmentConfig() if cfg["augment"] else AugmentConfig(rot90=False, flip=False,
+    return opt, sched, augment_config(cfg)
+
+
+def augment_config(cfg: dict[str, Any]) -> AugmentConfig:
+    """The augmentation of a resolved config: all of it, or none (``augment: false``)."""
+    return AugmentConfig() if cfg["augment"] else AugmentConfig(rot90=False, flip=False,
                                                                 intensity=False)
-    return opt, sched, aug
 
 
 def train_epoch(forward: Callable, opt: Any, sched: Any, loss_fn: Callable,
