@@ -28,7 +28,7 @@ def _dataset(result: dict):
     from skipdsl.train import trainer
 
     cfg = result["config"]
-    n = cfg.get("n") or trainer._budget_n(trainer.BUDGETS[cfg["budget"]], cfg["dataset"],
+    n = cfg.get("n") or trainer.budget_n(trainer.BUDGETS[cfg["budget"]], cfg["dataset"],
                                           cfg.get("data_root"))
     ds = load_dataset(cfg["dataset"], root=cfg.get("data_root"), seed=int(cfg.get("data_seed") or 0),
                       n=n, cache_dir=cfg.get("cache_dir"))

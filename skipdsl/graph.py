@@ -342,3 +342,16 @@ def canonical_hash(g: nx.DiGraph, heads: Iterable[str] = ()) -> str:
                      f"{sorted((d['project'] or {}).items())}{extra}")
     parts += [f"H{h}" for h in sorted(heads)]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def spec_hash(spec: Any) -> str:
+    """Canonical hash of a spec's network: same topology and settings, same hash. A library
+    baseline (:mod:`skipdsl.baselines`) hashes its name, class and fixed settings."""
+    if getattr(spec, "is_baseline", False):
+        return spec.hash()
+    s = load(spec)
+    heads = [f"{h.node}:{h.kernel}:{h.match}" + (f":{h.type}" if h.type else "") for h in s.heads]
+    if s.pyramid is not None:  # a feature pyramid's levels and output convs
+        p = s.pyramid
+        heads += [f"pyramid:{','.join(p.nodes)}:{p.channels}:{p.kernel}:{p.pool}"]
+    return canonical_hash(build_graph(s), heads)

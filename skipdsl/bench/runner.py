@@ -99,7 +99,7 @@ def plan(
     Mask R-CNN names (``maskrcnn_fpn``, ``maskrcnn_pp``, ``maskrcnn_3p``, ``maskrcnn_sharp``)
     or pyramid specs, ``budget`` an :data:`~skipdsl.train.instance.INSTANCE_BUDGETS` entry.
     """
-    import skipdsl
+    from skipdsl.graph import spec_hash
     from skipdsl.train.trainer import BUDGETS, DEFAULTS
 
     if task not in ("semantic", "instance"):
@@ -133,7 +133,7 @@ def plan(
                 raise ValueError(f"--backbone applies to DSL specs, not the baseline '{m}'")
             spec = spec.with_backbone(backbone, rename=True)
             ref = spec.to_dict()
-        h = skipdsl.spec_hash(spec)
+        h = spec_hash(spec)
         ds_modes = [d for d in modes if not d or len(spec.heads) > 1]
         if task == "instance":
             from skipdsl.train.instance import model_label
@@ -174,10 +174,10 @@ def _cost(config: dict[str, Any], cache: dict) -> float:
     from skipdsl.train import trainer
     from skipdsl.train.metrics import gflops
 
-    import skipdsl
+    from skipdsl.compiler import compile
 
     b = trainer.BUDGETS[config.get("budget", "smoke")].for_dataset(config["dataset"])
-    is3d = trainer._is_3d(config["dataset"], config.get("data_root"))
+    is3d = trainer.is_3d_dataset(config["dataset"], config.get("data_root"))
     model = config["model"]
     ref = model if isinstance(model, str) else repr(sorted(model.items()))
     key = (ref, is3d, bool(config.get("deep_supervision")), config.get("budget"))
@@ -188,7 +188,7 @@ def _cost(config: dict[str, Any], cache: dict) -> float:
                 net = spec.build(in_channels=1, num_classes=1, dims=3 if is3d else 2,
                                  image_size=24 if is3d else 64, width_scale=scale)
             else:
-                net = skipdsl.compile(scale_spec(spec, scale), in_channels=1, num_classes=1,
+                net = compile(scale_spec(spec, scale), in_channels=1, num_classes=1,
                                       dims=3 if is3d else 2, deep_supervision=key[2])
             cache[key] = gflops(net, (1,) + ((24,) * 3 if is3d else (64, 64)))
         except Exception:  # an invalid spec fails in its trial, with its reason

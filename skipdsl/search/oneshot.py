@@ -105,8 +105,8 @@ def run_oneshot(
 
     from ..raytools import cpu_count
     from ..train.trainer import BUDGETS
-    from .runner import _check_dataset
-    from .study import SearchError, make_sampler, make_storage, open_study, redact, storage_url
+    from .study import (SearchError, check_dataset, make_sampler, make_storage, open_study,
+                        redact, storage_url)
 
     t0 = time.perf_counter()
     if log is None:
@@ -119,7 +119,7 @@ def run_oneshot(
         raise SearchError(f"--top-k must be >= 0, found {top_k}")
     if budget not in BUDGETS:
         raise SearchError(f"unknown budget '{budget}'; valid: {', '.join(BUDGETS)}")
-    _check_dataset(dataset)
+    check_dataset(dataset)
     sp = load_space(space or DEFAULT_SPACE)
     plan = sp.budget(budget)
     over = {**plan.overrides(), **{k: v for k, v in (overrides or {}).items() if v is not None}}
@@ -254,7 +254,7 @@ def run_oneshot(
 
     # -- 3. retrain the best from scratch ------------------------------------------------------
     from ..bench.store import trial_key
-    from .objective import RESULT_OVERRIDES, Prepared, _cgm_of, evaluate
+    from .objective import RESULT_OVERRIDES, Prepared, cgm_key, evaluate
     from .report import pareto_rows
 
     clock = _Clock()
@@ -278,7 +278,7 @@ def run_oneshot(
         trial = study.ask()
         point = {k: trial.suggest_categorical(k, ch) for k, ch in choices.items()}
         cand = net.candidate(point, name=f"oneshot_t{trial.number:05d}")
-        extra = {"cgm": _cgm_of(cand.spec), "loss": cand.spec.loss,
+        extra = {"cgm": cgm_key(cand.spec), "loss": cand.spec.loss,
                  **{k: cfg.overrides.get(k) for k in RESULT_OVERRIDES}}
         key = trial_key(cand.hash, dataset, budget, seed, False, extra)
         prep = Prepared(point=point, nominal=None, spec=cand.spec, hash=cand.hash, key=key)
@@ -414,7 +414,7 @@ def _plot(path: Path, df, cfg: SearchConfig) -> Path:
 
 def _report(out: Path, df, front, paths: list[Path], cfg: SearchConfig,
             settings: dict[str, Any]) -> Path:
-    from .report import _table
+    from .report import markdown_table
 
     ph = settings.get("phases") or {}
     rank = df[(df["phase"] == RANK)]
@@ -452,7 +452,7 @@ def _report(out: Path, df, front, paths: list[Path], cfg: SearchConfig,
     if len(re):
         cols = ["number", "of_trial", "zoo", "inherited_iou", "iou", "test_iou", "params_m",
                 "latency_ms", "n_edges", "gated_off", "hash"]
-        lines.append(_table(re.sort_values("inherited_iou", ascending=False), cols))
+        lines.append(markdown_table(re.sort_values("inherited_iou", ascending=False), cols))
         if len(re) >= 3:
             from scipy.stats import kendalltau
 
@@ -467,7 +467,7 @@ def _report(out: Path, df, front, paths: list[Path], cfg: SearchConfig,
     if len(front):
         f = front.copy()
         f["file"] = [f"pareto/{p.name}" for p in paths]
-        lines.append(_table(f, ["number", "zoo", "iou", "test_iou", "inherited_iou",
+        lines.append(markdown_table(f, ["number", "zoo", "iou", "test_iou", "inherited_iou",
                                 "params_m", "latency_ms", "file"]))
     else:
         lines.append("None.")

@@ -12,7 +12,7 @@ from typing import Any, Callable, Sequence
 from ..raytools import cpu_count
 from .objective import DEFAULT_TRAINER, SearchConfig
 from .space import SearchSpace, load_space
-from .study import (HEARTBEAT_S, SearchError, SearchSummary, counted_trials,
+from .study import (HEARTBEAT_S, SearchError, SearchSummary, check_dataset, counted_trials,
                     default_study_name, enqueue_zoo, make_pruner, make_sampler, make_storage,
                     open_study, redact, run_optuna, state_counts, storage_url)
 
@@ -115,7 +115,7 @@ def run_search(
                        prune=prune, prune_warmup=prune_warmup, prune_min_trials=prune_min_trials,
                        latency_size=latency_size, latency_iters=latency_iters,
                        max_gflops=(plan.max_gflops if max_gflops is None else max_gflops) or None)
-    _check_dataset(dataset)
+    check_dataset(dataset)
     if backend == "optuna":
         workers = workers or auto_workers()
         if workers < 1:
@@ -258,17 +258,6 @@ def _started(study) -> int:
     from optuna.trial import TrialState
 
     return sum(t.state != TrialState.WAITING for t in study.get_trials(deepcopy=False))
-
-
-def _check_dataset(name: str) -> None:
-    """Refuse a dataset name that is not registered before any trial runs (with the valid
-    names); whether a real dataset's files are there is checked by the trial that loads it."""
-    from skipdsl.data import DATASETS
-
-    if name.split(":")[0] not in DATASETS:
-        from ..errors import did_you_mean
-
-        raise SearchError(f"unknown dataset '{name}'; {did_you_mean(name, DATASETS)}")
 
 
 def report(out: str | Path, storage: str | None = None) -> dict[str, Path]:

@@ -262,10 +262,10 @@ def _heartbeat_interval(study) -> int | None:
 
 def zoo_points(space: SearchSpace) -> dict[str, dict[str, Any]]:
     """The zoo models that are points of ``space`` (name -> point)."""
-    import skipdsl
+    from skipdsl.spec import zoo_names
 
     out = {}
-    for name in skipdsl.list_models():
+    for name in zoo_names():
         try:
             out[name] = space.point_of(name)
         except SpecError:
@@ -443,3 +443,14 @@ def load_for_report(out: str | Path, storage: str | None = None):
     study = optuna.load_study(storage=make_storage(url, heartbeat=False),
                               study_name=settings["study_name"])
     return study, space, cfg, settings
+
+
+def check_dataset(name: str) -> None:
+    """Refuse a dataset name that is not registered before any trial runs (with the valid
+    names); whether a real dataset's files are there is checked by the trial that loads it."""
+    from skipdsl.data import DATASETS
+
+    if name.split(":")[0] not in DATASETS:
+        from ..errors import did_you_mean
+
+        raise SearchError(f"unknown dataset '{name}'; {did_you_mean(name, DATASETS)}")

@@ -47,7 +47,7 @@ from torch import fx, nn
 from ..errors import SpecError
 from ..graph import INPUT, build_graph
 from ..spec import Spec, from_dict, node_id, parse_node, scale_spec
-from .space import OFF, ON, SearchSpace, SupernetSettings, _choices, _node_ids, load_space
+from .space import OFF, ON, SearchSpace, SupernetSettings, choices_of, grid_node_ids, load_space
 
 #: The space's dimensions that a supernet samples (the rest are pinned): the edge candidates
 #: (by their parameter names) and this one.
@@ -90,7 +90,7 @@ def pinned_point(space: SearchSpace) -> dict[str, Any]:
                         + " (edges and nodes are sampled, not pinned)")
     point = {"deep_supervision": False, "cgm": "none"}  # the supernet trains the main head
     point.update({k: v for k, v in settings.fix.items()})
-    depth = point.get("depth", _choices(space.depth)[0])
+    depth = point.get("depth", choices_of(space.depth)[0])
     point["depth"] = depth
     for name, ch in space.dimensions(depth):
         if name not in topo and name not in point and name != "ds_heads":
@@ -123,7 +123,7 @@ def superset_spec(space: SearchSpace, *, in_channels: int | None = None,
     settings = space.supernet or SupernetSettings()
     pins = pinned_point(space)
     depth = int(pins["depth"])
-    union = sorted(set().union(*(_node_ids(c if c in ("triangle", "diagonal") else c.split(","),
+    union = sorted(set().union(*(grid_node_ids(c if c in ("triangle", "diagonal") else c.split(","),
                                            depth) for c in space.node_choices())),
                    key=lambda n: (parse_node(n)[1], parse_node(n)[0]))
     topo = {e.key: ON for e in space.edges}
@@ -178,7 +178,7 @@ class Supernet(nn.Module):
                  in_channels: int | None = None, num_classes: int | None = None,
                  cache: int = 256) -> None:
         super().__init__()
-        import skipdsl
+        from skipdsl.compiler import compile
 
         self.space = load_space(space)
         self.pins = pinned_point(self.space)
@@ -186,7 +186,7 @@ class Supernet(nn.Module):
         self.spec = scale_spec(superset_spec(self.space, in_channels=in_channels,
                                              num_classes=num_classes), width_scale)
         self.width_scale = float(width_scale)
-        self.net = skipdsl.compile(self.spec)
+        self.net = compile(self.spec)
         self.head = self.spec.main_head.node
         self.encoder = [node_id(i, 0) for i in range(self.spec.depth)]
         self._edge_items = {(e["from"], e["to"]): e for e in self.spec.to_dict()["edges"]}
@@ -208,7 +208,7 @@ class Supernet(nn.Module):
         """The sub-network that a topology point gates on (edge keys off/on, plus ``nodes``
         when it is a choice; missing keys are on / the first node set). Raises ``SpecError``
         when the point loses the head or an encoder level."""
-        import skipdsl
+        from skipdsl.graph import spec_hash
 
         choices = self.choices()
         topo = {}
@@ -246,7 +246,7 @@ class Supernet(nn.Module):
         spec = from_dict(data, source=f"<supernet candidate of {self.space.name}>")
         off = tuple(n for n in self.spec_nodes() if n not in live)
         return Candidate(point=topo, spec=spec, edges=frozenset(edges),
-                         nodes=frozenset(nodes), gated_off=off, hash=skipdsl.spec_hash(spec))
+                         nodes=frozenset(nodes), gated_off=off, hash=spec_hash(spec))
 
     def spec_nodes(self) -> list[str]:
         return [n for n in self.net.dag.nodes if n != INPUT]
@@ -345,8 +345,8 @@ def train_supernet(space: "SearchSpace | str | None", config: dict[str, Any], *,
     ``epochs`` is 0)."""
     from ..heads import init_heads
     from ..losses import build_loss
-    from ..train.trainer import (BUDGETS, _device, _seed_everything, fast_path, load_data,
-                                 recipe, resolve_config, train_epoch)
+    from ..train.common import BUDGETS, load_data, pick_device, resolve_config, seed_everything
+    from ..train.trainer import fast_path, recipe, train_epoch
 
     sp = load_space(space)
     cfg = resolve_config({**config, "model": f"<supernet of {sp.name}>"})
@@ -355,8 +355,8 @@ def train_supernet(space: "SearchSpace | str | None", config: dict[str, Any], *,
     if cfg["threads"]:
         torch.set_num_threads(int(cfg["threads"]))
     try:
-        gen = _seed_everything(int(cfg["seed"]))
-        device = _device(cfg["device"])
+        gen = seed_everything(int(cfg["seed"]))
+        device = pick_device(cfg["device"])
         data = load_data(cfg, budget)
         if data.is3d != (sp.fixed.get("dims", 2) == 3):
             raise SpecError(f"space '{sp.name}' is {sp.fixed.get('dims', 2)}D but dataset "
@@ -457,10 +457,10 @@ def zoo_topology(run_or_net: "Supernet | SupernetRun", name: str) -> dict[str, A
     """The topology point of a zoo model's skip edges on the supernet's grid (its rules
     expanded at the supernet's depth, e.g. UNet# at depth 4); ``SpecError`` when the space
     cannot express them."""
-    import skipdsl
+    from skipdsl.spec import load
 
     net = run_or_net.net if isinstance(run_or_net, SupernetRun) else run_or_net
-    zoo = skipdsl.load(name)
+    zoo = load(name)
     depth = net.spec.depth
     data = zoo.to_dict()
     data["grid"] = {"depth": depth, "widths": list(net.spec.widths)}
