@@ -54,7 +54,7 @@ def test_run_writes_every_output_and_resumes(tmp_path):
                 "p_edge_up"):
         assert col in df.columns
     # the zoo models come first (reference points), measured like any sample
-    assert set(df["zoo"].dropna()) == set(skipdsl.list_models())
+    assert set(df["zoo"].dropna()) == set(skipdsl.spec.zoo_names())
     done = df[df["state"] == "COMPLETE"]
     assert done["hash"].notna().all() and (done["latency_ms"] > 0).all()
     # Pareto specs: each compiles, is valid, and is a network of the study

@@ -5,8 +5,10 @@
     bench report runs/bench-quick
     bench list
     bench datasets show nuclei2d -o nuclei.png
-    bench speed ...            (skipdsl.bench.speed: compiled vs hand-written models)
-    bench gpu-suite ...        (skipdsl.bench.gpu_suite: every owed GPU figure in 8 minutes)
+    bench speed --models unetsharp,my_spec.yaml   (train/infer img/s and peak memory)
+
+The project's own benchmarks (the GPU suite, trials per hour, the race against hand-written
+models) are scripts in the repository's benchmarks/ folder, not commands of the package.
 """
 from __future__ import annotations
 
@@ -130,12 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 #: Subcommands that hand their whole argv to a module's ``main(argv, prog)``.
-FORWARDED = {"speed": ("skipdsl.bench.speed", "compiled models vs hand-written ones"),
-             "gpu-suite": ("skipdsl.bench.gpu_suite", "every owed GPU figure, 8 minutes")}
+FORWARDED = {"speed": ("skipdsl.bench.speed", "train/inference speed and peak memory of specs")}
 
 
 def _cmd_run(a: argparse.Namespace) -> int:
-    import skipdsl
+    from skipdsl.spec import zoo_names
     from skipdsl.bench import report, runner
     from skipdsl.data import expand_datasets
     from skipdsl.fast import normalize
@@ -147,7 +148,7 @@ def _cmd_run(a: argparse.Namespace) -> int:
 
         models = list(MASKRCNN_MODELS) if a.models in ("all", "") else _csv(a.models)
     else:
-        models = (skipdsl.list_models() if a.models in ("all", "") else list_baselines()
+        models = (zoo_names() if a.models in ("all", "") else list_baselines()
                   if a.models == "baselines" else _csv(a.models))
     datasets = expand_datasets(a.datasets, a.data_root)
     seeds = [int(s) for s in _csv(a.seeds)] or [0]
@@ -183,12 +184,12 @@ def _cmd_run(a: argparse.Namespace) -> int:
 
 
 def _cmd_list(a: argparse.Namespace) -> int:
-    import skipdsl
+    from skipdsl.spec import load, zoo_names
     from skipdsl.data import list_datasets
 
     print("models:")
-    for m in skipdsl.list_models(dims=None):
-        spec = skipdsl.load(m)
+    for m in zoo_names(dims=None):
+        spec = load(m)
         print(f"  {m:<12} {spec.description}")
     from skipdsl.baselines import BASELINES
 
