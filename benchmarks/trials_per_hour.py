@@ -61,6 +61,7 @@ import skipdsl  # noqa: E402
 from skipdsl.bench import runner, store  # noqa: E402
 from skipdsl.fileio import atomic_write_text  # noqa: E402
 from skipdsl.raytools import cpu_count as _cpu_count  # noqa: E402
+from skipdsl.raytools import local_ray_env  # noqa: E402
 
 #: The folder holding the skipdsl package (a checkout, or site-packages): the Ray workers'
 #: PYTHONPATH, as :func:`skipdsl.raytools.ray_session` gives them.
@@ -443,6 +444,7 @@ def start_ray(args: argparse.Namespace, verbose: bool = False) -> bool:
     """
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    local_ray_env()  # a local Ray on the loopback address, before Ray's first import
     import ray
 
     if ray.is_initialized():

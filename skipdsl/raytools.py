@@ -11,7 +11,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["cpu_count", "ray_session"]
+__all__ = ["cpu_count", "ray_session", "LOCAL_RAY_ENV", "local_ray_env"]
+
+#: The environment of a Ray this process starts for itself (a throw-away cluster on this
+#: machine, on the loopback address): no token authentication (``RAY_AUTH_MODE``: Ray 2.5x
+#: enables it for a new local cluster and warns), no probe of an outside address for this
+#: machine's IP (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``: Ray's switch for "local Ray only",
+#: which binds the node to 127.0.0.1 instead of asking the route to 8.8.8.8), no usage
+#: statistics. A value the user set is kept; joining a cluster (``address``) sets none.
+LOCAL_RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+                 "RAY_USAGE_STATS_ENABLED": "0"}
 
 
 def cpu_count() -> int:
@@ -20,6 +29,15 @@ def cpu_count() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:
         return os.cpu_count() or 1
+
+
+def local_ray_env(address: str | None = None) -> None:
+    """Set :data:`LOCAL_RAY_ENV` (where unset) when this process will start a local Ray, i.e.
+    ``address`` is None. Call it before ``ray`` is first imported: Ray reads these variables
+    at import."""
+    if not address:
+        for k, v in LOCAL_RAY_ENV.items():
+            os.environ.setdefault(k, v)
 
 
 @contextmanager

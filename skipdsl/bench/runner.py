@@ -483,11 +483,12 @@ def _run_ray(pending: list[Trial], out: Path, summary: SweepSummary, prog: _Prog
              num_cpus: int | None, verbose: bool) -> None:
     import logging
 
+    from ..raytools import local_ray_env, ray_session
+
+    local_ray_env(address)  # before Ray's first import
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     from ray import tune
-
-    from ..raytools import ray_session
 
     # the store holds the results: Tune's own loggers are off, so its end-of-run analysis
     # has no metrics files to read and would warn about each trial

@@ -133,6 +133,9 @@ def run_ray(storage, study_name: str, space: SearchSpace, cfg: SearchConfig, tri
     # the driver records the heartbeats of the trials it asks (Pulse below), not study.optimize
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    from ..raytools import local_ray_env, ray_session
+
+    local_ray_env(address)  # before Ray's first import
     from optuna.trial import TrialState
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -140,7 +143,6 @@ def run_ray(storage, study_name: str, space: SearchSpace, cfg: SearchConfig, tri
 
     from skipdsl.train.trainer import BUDGETS
 
-    from ..raytools import ray_session
     from .heartbeat import Pulse
 
     log = _Log(log)
