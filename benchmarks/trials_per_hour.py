@@ -61,7 +61,7 @@ import skipdsl  # noqa: E402
 from skipdsl.bench import runner, store  # noqa: E402
 from skipdsl.fileio import atomic_write_text  # noqa: E402
 from skipdsl.raytools import cpu_count as _cpu_count  # noqa: E402
-from skipdsl.raytools import local_ray_env  # noqa: E402
+from skipdsl.raytools import LOCAL_RAY_ENV  # noqa: E402
 
 #: The folder holding the skipdsl package (a checkout, or site-packages): the Ray workers'
 #: PYTHONPATH, as :func:`skipdsl.raytools.ray_session` gives them.
@@ -211,15 +211,11 @@ def _fresh(trials: Sequence[runner.Trial]) -> list[runner.Trial]:
 
 def prepare_data(args: argparse.Namespace) -> None:
     """Generate (or read) the dataset into its cache, so no timed trial pays for it."""
-    from skipdsl.data import DATASETS, load_dataset
-    from skipdsl.train.trainer import BUDGETS
+    from skipdsl.data import load_dataset
+    from skipdsl.train.common import plan_trial
 
-    n = args.n
-    if n is None:
-        b = BUDGETS[args.budget]
-        is3d = (DATASETS.get(args.dataset).dims == 3 if args.dataset in DATASETS
-                else args.dataset.lower().endswith("3d"))
-        n = b.n_3d if is3d else b.n
+    n = plan_trial({"dataset": args.dataset, "budget": args.budget, "n": args.n,
+                    "data_root": args.data_root}).n
     load_dataset(args.dataset, root=args.data_root, seed=0, n=n, cache_dir=args.cache_dir)
 
 
@@ -444,8 +440,8 @@ def start_ray(args: argparse.Namespace, verbose: bool = False) -> bool:
     """
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    local_ray_env()  # a local Ray on the loopback address, before Ray's first import
-    import ray
+    os.environ.update({k: v for k, v in LOCAL_RAY_ENV.items() if k not in os.environ})
+    import ray  # a local Ray on the loopback address (the variables are read at import)
 
     if ray.is_initialized():
         return False

@@ -14,10 +14,16 @@ What is registered (:data:`skipdsl.registry.MODELS`):
   the V-Net family, 3D; the feature pyramids ``fpn*``, ``task='instance'``), built by
   :func:`skipdsl.compile` (options: its keywords: ``in_channels``, ``num_classes``, ``dims``,
   ``widths``, ``deep_supervision``, ``cgm``, ``checkpoint``, ``backbone``, ``weights``; and
-  ``width_scale``, which scales the spec's level widths and projections as a budget does).
+  ``width_scale``, which scales the spec's level widths and projections as a budget does;
+  :func:`build_spec`).
 - ``source='baseline'``: maintained libraries' networks (:mod:`skipdsl.baselines`; options:
   ``in_channels``, ``num_classes``, ``dims``, ``image_size``, ``patch``, ``spacing``,
-  ``width_scale``).
+  ``width_scale`` or ``widths``).
+
+Every semantic model takes the options a trial builds with (``in_channels``, ``num_classes``,
+``dims``, ``width_scale``, ``widths``, ``deep_supervision``, ``cgm``, ``image_size``,
+``patch``, ``spacing``): a DSL spec ignores the sizes, a baseline (one head, no CGM) ignores
+``deep_supervision`` and ``cgm``, so the trainer builds every model with one call.
 - ``source='detector'``: Mask R-CNN over a zoo pyramid (``maskrcnn_fpn``, ``maskrcnn_pp``,
   ``maskrcnn_3p``, ``maskrcnn_sharp``; :func:`skipdsl.detection.maskrcnn`'s options and
   ``width_scale`` for the pyramid).
@@ -41,15 +47,26 @@ from .errors import SpecError, did_you_mean
 from .registry import MODELS, ModelInfo, register_model
 from .spec import Spec, from_dict, load, scale_spec, zoo_dir
 
-__all__ = ["create_model", "list_models", "model_info", "register_model", "is_spec_ref"]
+__all__ = ["create_model", "list_models", "model_info", "register_model", "is_spec_ref",
+           "build_spec"]
+
+
+def build_spec(spec: "str | Path | Spec | dict", *, width_scale: float | None = None,
+               image_size: Any = None, patch: Any = None, spacing: Any = None,
+               **options: Any) -> nn.Module:
+    """Compile a DSL spec (zoo name, path, ``Spec`` or spec dict) with :func:`skipdsl.compile`'s
+    ``options``; ``width_scale`` first scales its level widths and projections as a budget
+    does. ``image_size``, ``patch`` and ``spacing`` (what a library baseline is sized by) do
+    not change a compiled spec, which takes any size its depth divides."""
+    spec = from_dict(spec, source="<dict>") if isinstance(spec, dict) else load(spec)
+    if width_scale is not None:
+        spec = scale_spec(spec, width_scale)
+    return compile(spec, **options)
 
 
 def _zoo_builder(name: str):
-    def build(*, width_scale: float | None = None, **options: Any) -> nn.Module:
-        spec = load(name)
-        if width_scale is not None:  # as a budget scales it: level widths and projections
-            spec = scale_spec(spec, width_scale)
-        return compile(spec, **options)
+    def build(**options: Any) -> nn.Module:
+        return build_spec(name, **options)
 
     build.__name__ = name
     return build
@@ -98,9 +115,7 @@ def create_model(name_or_spec: "str | Path | Spec | dict", **options: Any) -> nn
     if is_spec_ref(name_or_spec) and not (isinstance(name_or_spec, str)
                                           and name_or_spec in MODELS
                                           and not Path(name_or_spec).is_file()):
-        spec = from_dict(name_or_spec, source="<dict>") if isinstance(name_or_spec, dict) \
-            else name_or_spec
-        return compile(spec, **options)
+        return build_spec(name_or_spec, **options)
     if not isinstance(name_or_spec, str):
         raise TypeError(f"create_model takes a model name, a spec path, a Spec or a spec dict, "
                         f"not {type(name_or_spec).__name__}")

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ..train.trainer import DEFAULTS
+from ..train.common import DEFAULTS, TASKS, budgets_for
 from . import store
 
 __all__ = ["Trial", "SweepSummary", "plan", "run_sweep", "run_trial", "DS_MODES"]
@@ -97,15 +97,13 @@ def plan(
 
     ``task='instance'``: Mask R-CNN trials (:mod:`skipdsl.train.instance`); ``models`` are
     Mask R-CNN names (``maskrcnn_fpn``, ``maskrcnn_pp``, ``maskrcnn_3p``, ``maskrcnn_sharp``)
-    or pyramid specs, ``budget`` an :data:`~skipdsl.train.instance.INSTANCE_BUDGETS` entry.
+    or pyramid specs, ``budget`` an :data:`~skipdsl.train.common.INSTANCE_BUDGETS` entry.
     """
     from skipdsl.graph import spec_hash
-    from skipdsl.train.trainer import BUDGETS, DEFAULTS
 
-    if task not in ("semantic", "instance"):
-        raise ValueError(f"task must be 'semantic' or 'instance', found {task!r}")
-    if task == "instance":
-        from skipdsl.train.instance import INSTANCE_BUDGETS as BUDGETS  # noqa: N811
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, found {task!r}")
+    BUDGETS = budgets_for(task)  # noqa: N806
 
     if deep_supervision not in DS_MODES:
         raise ValueError(f"deep_supervision must be one of {DS_MODES}, found {deep_supervision!r}")
@@ -170,32 +168,29 @@ def _pyramid_ref(model: str) -> tuple[Any, Any]:
 def _cost(config: dict[str, Any], cache: dict) -> float:
     """A trial's relative cost: forward GFLOPs of its budget-scaled model on a small input
     (64x64 in 2D, 24^3 in 3D) x epochs x training images; 0 when it cannot be estimated."""
-    from skipdsl.spec import scale_spec
-    from skipdsl.train import trainer
+    from skipdsl.models import create_model
+    from skipdsl.spec import Spec
+    from skipdsl.train.common import load_spec, plan_trial, resolve_config
     from skipdsl.train.metrics import gflops
 
-    from skipdsl.compiler import compile
-
-    b = trainer.BUDGETS[config.get("budget", "smoke")].for_dataset(config["dataset"])
-    is3d = trainer.is_3d_dataset(config["dataset"], config.get("data_root"))
+    try:
+        plan = plan_trial(resolve_config(config))
+    except Exception:  # a bad config fails in its trial, with its reason
+        return 0.0
     model = config["model"]
     ref = model if isinstance(model, str) else repr(sorted(model.items()))
-    key = (ref, is3d, bool(config.get("deep_supervision")), config.get("budget"))
+    key = (ref, plan.dims, bool(config.get("deep_supervision")), config.get("budget"))
     if key not in cache:
+        size = (24,) * 3 if plan.is3d else (64, 64)
         try:
-            spec, scale = trainer.load_spec(model), b.width_scale_3d if is3d else b.width_scale
-            if getattr(spec, "is_baseline", False):
-                net = spec.build(in_channels=1, num_classes=1, dims=3 if is3d else 2,
-                                 image_size=24 if is3d else 64, width_scale=scale)
-            else:
-                net = compile(scale_spec(spec, scale), in_channels=1, num_classes=1,
-                                      dims=3 if is3d else 2, deep_supervision=key[2])
-            cache[key] = gflops(net, (1,) + ((24,) * 3 if is3d else (64, 64)))
+            spec = load_spec(model)
+            net = create_model(spec if isinstance(spec, Spec) else spec.name, in_channels=1,
+                               num_classes=1, dims=plan.dims, width_scale=plan.width_scale,
+                               deep_supervision=key[2], image_size=size)
+            cache[key] = gflops(net, (1,) + size)
         except Exception:  # an invalid spec fails in its trial, with its reason
             cache[key] = 0.0
-    epochs = config.get("epochs") or (b.epochs_3d if is3d else b.epochs)
-    n = config.get("n") or (b.n_3d if is3d else b.n) or 100
-    return cache[key] * epochs * n * (8.0 if is3d else 1.0)
+    return cache[key] * plan.epochs * (plan.n or 100) * (8.0 if plan.is3d else 1.0)
 
 
 def longest_first(trials: Sequence[Trial], *, by_cost: bool = True) -> list[Trial]:
@@ -214,20 +209,14 @@ def longest_first(trials: Sequence[Trial], *, by_cost: bool = True) -> list[Tria
 
 
 def budget_fingerprint(budget: Any, dataset: str | None = None) -> str:
-    """A short hash of a :class:`~skipdsl.train.trainer.Budget`'s fields as ``dataset`` gets them.
-
-    A budget's ``per_dataset`` changes count only for the dataset they name, so that changing
-    one dataset's recipe re-keys that dataset's trials alone.
-    """
-    import dataclasses
+    """A short hash of a :class:`~skipdsl.train.common.Budget` as a trial on ``dataset`` gets
+    it (:meth:`~skipdsl.train.common.Budget.key_fields`: its task's fields, its per-dataset
+    changes for that dataset only, so that changing one dataset's recipe re-keys that
+    dataset's trials alone)."""
     import hashlib
     import json
 
-    if dataset and hasattr(budget, "for_dataset"):  # instance budgets have no per-dataset part
-        budget = budget.for_dataset(dataset)
-    fields = dataclasses.asdict(budget)
-    fields.pop("per_dataset", None)
-    blob = json.dumps(fields, sort_keys=True, default=str)
+    blob = json.dumps(budget.key_fields(dataset), sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -481,14 +470,23 @@ def _store_callback_class(tune):
 def _run_ray(pending: list[Trial], out: Path, summary: SweepSummary, prog: _Progress, *,
              address: str | None, cpus_per_trial: float, gpus_per_trial: float,
              num_cpus: int | None, verbose: bool) -> None:
-    import logging
+    from ..raytools import local_ray_env
 
-    from ..raytools import local_ray_env, ray_session
-
-    local_ray_env(address)  # before Ray's first import
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    with local_ray_env(address):  # before Ray's first import
+        _run_tune(pending, out, summary, prog, address=address, cpus_per_trial=cpus_per_trial,
+                  gpus_per_trial=gpus_per_trial, num_cpus=num_cpus, verbose=verbose)
+
+
+def _run_tune(pending: list[Trial], out: Path, summary: SweepSummary, prog: _Progress, *,
+              address: str | None, cpus_per_trial: float, gpus_per_trial: float,
+              num_cpus: int | None, verbose: bool) -> None:
+    import logging
+
     from ray import tune
+
+    from ..raytools import ray_session
 
     # the store holds the results: Tune's own loggers are off, so its end-of-run analysis
     # has no metrics files to read and would warn about each trial

@@ -104,7 +104,7 @@ def run_oneshot(
     import torch
 
     from ..raytools import cpu_count
-    from ..train.trainer import BUDGETS
+    from ..train.common import BUDGETS, plan_trial
     from .study import (SearchError, check_dataset, make_sampler, make_storage, open_study,
                         redact, storage_url)
 
@@ -121,17 +121,18 @@ def run_oneshot(
         raise SearchError(f"unknown budget '{budget}'; valid: {', '.join(BUDGETS)}")
     check_dataset(dataset)
     sp = load_space(space or DEFAULT_SPACE)
-    plan = sp.budget(budget)
-    over = {**plan.overrides(), **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    settings = sp.budget(budget)  # the space's settings for this budget
+    over = {**settings.overrides(), **{k: v for k, v in (overrides or {}).items()
+                                       if v is not None}}
     over.setdefault("threads", max(1, cpu_count()) if not torch.cuda.is_available() else None)
     over = {k: v for k, v in over.items() if v is not None}
     cfg = SearchConfig(dataset=dataset, budget=budget, seed=seed, objectives=tuple(objectives),
-                       width_scale=float(width_scale or plan.width_scale), overrides=over,
+                       width_scale=float(width_scale or settings.width_scale), overrides=over,
                        prune="none", latency_size=latency_size, latency_iters=latency_iters)
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     cfg.checkpoint_dir = str(out / "checkpoints") if weights else None
-    epochs = int(over.get("epochs") or BUDGETS[budget].for_dataset(dataset).epochs)
+    epochs = int(plan_trial({**over, "dataset": dataset, "budget": budget}).epochs)
     sn_epochs = default_supernet_epochs(epochs) if supernet_epochs is None else supernet_epochs
     phases: dict[str, dict[str, float]] = {}
 

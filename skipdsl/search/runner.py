@@ -106,15 +106,17 @@ def run_search(
     if budget not in BUDGETS:
         raise SearchError(f"unknown budget '{budget}'; valid: {', '.join(BUDGETS)}")
     sp = load_space(space)
-    plan = sp.budget(budget)
+    settings = sp.budget(budget)  # the space's settings for this budget
     cfg = SearchConfig(dataset=dataset, budget=budget, seed=seed, objectives=tuple(objectives),
-                       width_scale=float(width_scale or plan.width_scale),
+                       width_scale=float(width_scale or settings.width_scale),
                        trainer=_trainer_name(trainer),
-                       overrides={**plan.overrides(), **{k: v for k, v in (overrides or {}).items()
-                                                         if v is not None}},
+                       overrides={**settings.overrides(),
+                                  **{k: v for k, v in (overrides or {}).items()
+                                     if v is not None}},
                        prune=prune, prune_warmup=prune_warmup, prune_min_trials=prune_min_trials,
                        latency_size=latency_size, latency_iters=latency_iters,
-                       max_gflops=(plan.max_gflops if max_gflops is None else max_gflops) or None)
+                       max_gflops=(settings.max_gflops if max_gflops is None
+                                   else max_gflops) or None)
     check_dataset(dataset)
     if backend == "optuna":
         workers = workers or auto_workers()

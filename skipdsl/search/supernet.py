@@ -327,8 +327,9 @@ class SupernetRun:
     """A trained supernet with the data it trained on (for scoring) and its training curve."""
 
     net: Supernet
-    data: Any  # skipdsl.train.trainer.TrialData
+    data: Any  # skipdsl.train.common.TrialData
     cfg: dict[str, Any]
+    plan: Any = None  # skipdsl.train.common.TrialPlan: what it trained with
     curve: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     steps: int = 0
@@ -345,19 +346,20 @@ def train_supernet(space: "SearchSpace | str | None", config: dict[str, Any], *,
     ``epochs`` is 0)."""
     from ..heads import init_heads
     from ..losses import build_loss
-    from ..train.common import BUDGETS, load_data, pick_device, resolve_config, seed_everything
+    from ..train.common import (load_data, pick_device, plan_trial, resolve_config,
+                                seed_everything)
     from ..train.trainer import fast_path, recipe, train_epoch
 
     sp = load_space(space)
     cfg = resolve_config({**config, "model": f"<supernet of {sp.name}>"})
-    budget = BUDGETS[cfg["budget"]].for_dataset(cfg["dataset"])
+    plan = plan_trial(cfg)  # the budget for this dataset, 2D or 3D
     threads = torch.get_num_threads()
     if cfg["threads"]:
         torch.set_num_threads(int(cfg["threads"]))
     try:
         gen = seed_everything(int(cfg["seed"]))
         device = pick_device(cfg["device"])
-        data = load_data(cfg, budget)
+        data = load_data(cfg, plan)
         if data.is3d != (sp.fixed.get("dims", 2) == 3):
             raise SpecError(f"space '{sp.name}' is {sp.fixed.get('dims', 2)}D but dataset "
                             f"'{cfg['dataset']}' is {data.dims}D", file=sp.source)
@@ -368,15 +370,15 @@ def train_supernet(space: "SearchSpace | str | None", config: dict[str, Any], *,
             net.net.load_state_dict(state)
         else:
             init_heads(net.net, data.masks[tr].float().mean())
-        run = SupernetRun(net=net, data=data, cfg=cfg)
-        epochs = int(cfg["epochs"] if cfg["epochs"] is not None else budget.epochs)
+        run = SupernetRun(net=net, data=data, cfg=cfg, plan=plan)
+        epochs = int(cfg["epochs"] if cfg["epochs"] is not None else plan.epochs)  # 0: none
         if epochs == 0:
             return run
         fast = fast_path({**cfg, "fast": "off"}, net.spec, device)
-        bs = max(1, min(int(cfg["batch_size"] or budget.batch_size), len(tr)))
+        bs = max(1, min(int(plan.batch_size), len(tr)))
         steps = max(1, len(tr) // bs)
-        patch = int(cfg["patch"] if cfg["patch"] is not None else budget.patch)
-        loss_fn = build_loss(cfg["loss"] or budget.loss or net.spec.loss or "bce_dice")
+        patch = int(plan.patch)
+        loss_fn = build_loss(plan.loss or net.spec.loss or "bce_dice")
         opt, sched, aug = recipe(net, cfg, epochs * steps)
         rng = random.Random(int(cfg["seed"]))
         net.sampler = lambda: net.sample(rng)
@@ -436,13 +438,12 @@ def inherited_score(run: SupernetRun, cand: Candidate, *, calib_batches: int = 4
     ``calib_batches`` training batches first): ``iou``, ``dice``, ``params`` (of the path =
     of the sub-network compiled alone), ``seconds``."""
     from ..train.metrics import aggregate, case_metrics, count_params
-    from ..train.trainer import BUDGETS, predict
+    from ..train.trainer import predict
 
     t0 = time.perf_counter()
-    data, cfg = run.data, run.cfg
+    data = run.data
     path = run.net.path(cand)
-    budget = BUDGETS[cfg["budget"]].for_dataset(cfg["dataset"])
-    bs = int(cfg["batch_size"] or budget.batch_size)
+    bs = int(run.plan.batch_size)
     tr = torch.from_numpy(data.splits["train"])
     recalibrate_bn(path, data.images[tr], calib_batches, max(bs, 8))
     val = torch.from_numpy(data.splits["val"])

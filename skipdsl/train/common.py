@@ -15,44 +15,142 @@ import torch
 
 from .augment import AugmentConfig
 
-__all__ = ["Budget", "BUDGETS", "CPU_BUDGET", "QUICK_BUDGET", "InstanceBudget",
+__all__ = ["Budget", "TrialPlan", "TASKS", "BUDGETS", "CPU_BUDGET", "QUICK_BUDGET",
+           "instance_budget", "budgets_for", "plan_trial", "dataset_dims",
            "INSTANCE_BUDGETS", "DEFAULTS", "resolve_config", "load_spec", "seed_everything",
            "pick_device", "as_tensor", "overlay_samples", "empty_result", "TrialData",
-           "load_data", "augment_config", "budget_n", "is_3d_dataset"]
+           "load_data", "augment_config"]
+
+
+#: The tasks a trial has: semantic segmentation (:mod:`skipdsl.train.trainer`) or instance
+#: segmentation (Mask R-CNN over a pyramid spec, :mod:`skipdsl.train.instance`).
+TASKS = ("semantic", "instance")
+
+#: The fields each task's budget had when they were two types: a trial's key hashes a budget
+#: through them (:meth:`Budget.key_fields`, :func:`skipdsl.bench.runner.budget_fingerprint`),
+#: so that the committed results keep their keys.
+SEMANTIC_KEY_FIELDS = ("name", "epochs", "epochs_3d", "n", "n_3d", "width_scale",
+                       "width_scale_3d", "batch_size", "batch_size_3d", "hd95",
+                       "throughput_iters", "samples", "patch", "patch_3d", "loss")
+INSTANCE_KEY_FIELDS = ("name", "epochs", "n", "width_scale", "batch_size", "image_size",
+                       "anchors", "lr", "weight_decay", "roi_width", "proposals", "rois",
+                       "samples")
+#: The fields a 3D dataset may get other values of (:attr:`Budget.in_3d`).
+DIMS_FIELDS = ("epochs", "n", "width_scale", "batch_size", "patch")
 
 
 @dataclass(frozen=True)
 class Budget:
-    """How much training a trial gets.
+    """How much training a trial gets, for either task; :meth:`plan` resolves it, once, into
+    the concrete :class:`TrialPlan` of one trial.
 
-    ``width_scale``/``width_scale_3d`` multiply the spec's own level widths and projection
-    channels (:func:`skipdsl.spec.scale_spec`), so a reduced budget keeps each model's shape:
-    UNet 3+ stays twice as wide as UNet and WUNet keeps its widening, and a depth-4 spec keeps
-    four levels.
+    ``width_scale`` multiplies the spec's own level widths and projection channels
+    (:func:`skipdsl.spec.scale_spec`), so a reduced budget keeps each model's shape: UNet 3+
+    stays twice as wide as UNet and WUNet keeps its widening, and a depth-4 spec keeps four
+    levels. ``in_3d``: the values a 3D dataset gets instead (of :data:`DIMS_FIELDS`);
+    ``per_dataset``: changes for one dataset, the same for every model on it
+    (``{"liver2d": {"n": 256}}``).
+
+    ``task='instance'`` (Mask R-CNN over a pyramid spec, :mod:`skipdsl.train.instance`) adds
+    the detector's recipe: ``image_size`` (the detector's input size: its transform resizes
+    the 96x96 images to it); ``anchors`` (one anchor size per pyramid level, P2..P5 and pool,
+    in pixels of the resized image); AdamW's ``lr`` and ``weight_decay``; ``roi_width`` (None:
+    the scaled pyramid's channels) sets the RoI heads' width (torchvision: mask head 256, box
+    MLP 1024 = 4 x 256); ``proposals``: RPN proposals kept per image before / after NMS in
+    training (torchvision: 2000; the test keeps half); ``rois``: sampled RoIs per image
+    (torchvision: 512). There ``width_scale`` scales the pyramid (FPN's 256 channels); the
+    backbone keeps its channels.
     """
 
     name: str
     epochs: int
-    epochs_3d: int
     n: int | None  # images (volumes) loaded per dataset; None = all
-    n_3d: int | None
     width_scale: float
-    width_scale_3d: float
     batch_size: int
-    batch_size_3d: int
+    task: str = "semantic"
     hd95: bool = False
     throughput_iters: int = 5
     samples: int = 4  # test cases kept for the overlay plots
     patch: int = 0  # train on random patch x patch crops (0: whole images); eval on whole ones
-    patch_3d: int = 0
     loss: str | None = None  # one loss for every model (None: each spec's own loss)
-    #: per-dataset changes of the fields above, the same for every model on that dataset
-    #: (``{"liver2d": {"n": 256}}``); :meth:`for_dataset` applies them
+    in_3d: dict[str, Any] = field(default_factory=dict)
     per_dataset: dict[str, dict[str, Any]] = field(default_factory=dict)
+    image_size: int | None = None
+    anchors: tuple[int, ...] | None = None
+    lr: float | None = None
+    weight_decay: float | None = None
+    roi_width: int | None = None
+    proposals: int | None = None
+    rois: int | None = None
 
-    def for_dataset(self, dataset: str) -> "Budget":
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"budget '{self.name}': task must be one of {TASKS}")
+        bad = sorted(set(self.in_3d) - set(DIMS_FIELDS))
+        if bad:
+            raise ValueError(f"budget '{self.name}': in_3d may set {DIMS_FIELDS}, not {bad}")
+
+    def for_dataset(self, dataset: str | None) -> "Budget":
         """This budget as a trial on ``dataset`` gets it (its :attr:`per_dataset` applied)."""
-        return dataclasses.replace(self, **self.per_dataset.get(dataset, {}), per_dataset={})
+        return dataclasses.replace(self, **self.per_dataset.get(dataset or "", {}),
+                                   per_dataset={})
+
+    def for_dims(self, dims: int) -> "Budget":
+        """This budget's values for a ``dims``-D dataset (:attr:`in_3d` applied in 3D)."""
+        return dataclasses.replace(self, **(self.in_3d if dims == 3 else {}), in_3d={})
+
+    def key_fields(self, dataset: str | None = None) -> dict[str, Any]:
+        """What a trial's key hashes of this budget on ``dataset``: the fields of its task
+        (:data:`SEMANTIC_KEY_FIELDS`, :data:`INSTANCE_KEY_FIELDS`), 3D values as ``*_3d``."""
+        b = self.for_dataset(dataset) if self.task == "semantic" else self
+        if self.task == "instance":
+            return {f: getattr(b, f) for f in INSTANCE_KEY_FIELDS}
+        b3 = b.for_dims(3)
+        return {f: getattr(b3, f[:-3]) if f.endswith("_3d") else getattr(b, f)
+                for f in SEMANTIC_KEY_FIELDS}
+
+    def plan(self, dataset: str, dims: int, **overrides: Any) -> "TrialPlan":
+        """The concrete plan of one trial on a ``dims``-D ``dataset``: this budget's values
+        for the dataset and its dimensions, with ``overrides`` (the trainer config's
+        ``epochs``, ``n``, ``batch_size``, ``patch``, ``loss``, ``hd95``,
+        ``throughput_iters``, ``samples``, ``lr``; ``None``: the budget's)."""
+        b = self.for_dataset(dataset).for_dims(dims)
+        values = {f.name: getattr(b, f.name) for f in dataclasses.fields(TrialPlan)
+                  if hasattr(b, f.name)}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return TrialPlan(**{**values, "budget": self.name, "dataset": dataset, "dims": int(dims)})
+
+
+@dataclass(frozen=True)
+class TrialPlan:
+    """What one trial trains with, resolved once from its budget, its dataset (and whether it
+    is 2D or 3D) and the config's overrides: the trainer, the instance trainer and the
+    one-shot supernet read these values and nothing else of the budget."""
+
+    budget: str
+    task: str
+    dataset: str
+    dims: int
+    epochs: int
+    n: int | None
+    batch_size: int
+    patch: int
+    width_scale: float
+    loss: str | None
+    hd95: bool
+    throughput_iters: int
+    samples: int
+    image_size: int | None = None
+    anchors: tuple[int, ...] | None = None
+    lr: float | None = None
+    weight_decay: float | None = None
+    roi_width: int | None = None
+    proposals: int | None = None
+    rois: int | None = None
+
+    @property
+    def is3d(self) -> bool:
+        return self.dims == 3
 
 
 #: ``cpu``: the comparison budget (the zoo's Table 1 on 2 CPU cores, ``bench run --budget cpu
@@ -81,31 +179,30 @@ class Budget:
 #: (as 20 epochs would): +450 core-s per (liver2d, seed) block, +~11 min on 2 cores, ~105 min
 #: for the 120 trials. Its 24 trials ran again; the other datasets' trials keep their keys
 #: (:func:`skipdsl.bench.runner.budget_fingerprint` hashes the budget as a trial gets it).
-CPU_BUDGET = Budget("cpu", epochs=10, epochs_3d=6, n=128, n_3d=24, width_scale=0.25,
-                    width_scale_3d=0.125, batch_size=4, batch_size_3d=2, patch=64, patch_3d=32,
+CPU_BUDGET = Budget("cpu", epochs=10, n=128, width_scale=0.25, batch_size=4, patch=64,
                     loss="bce_dice", hd95=True, throughput_iters=2,
+                    in_3d={"epochs": 6, "n": 24, "width_scale": 0.125, "batch_size": 2,
+                           "patch": 32},
                     per_dataset={"liver2d": {"n": 256}})
 
 #: ``quick``: the default of ``bench run``: the cpu recipe with less training, so that the whole
 #: zoo (8 configurations) on the five built-in datasets, one seed (40 trials), runs in <= 20
 #: minutes on 2 CPU cores. A look at everything, not a comparison (use ``cpu`` for that).
-QUICK_BUDGET = dataclasses.replace(CPU_BUDGET, name="quick", epochs=3, epochs_3d=2, n=96,
-                                   n_3d=12, hd95=False, throughput_iters=1, per_dataset={})
+QUICK_BUDGET = dataclasses.replace(CPU_BUDGET, name="quick", epochs=3, n=96, hd95=False,
+                                   throughput_iters=1, per_dataset={},
+                                   in_3d={**CPU_BUDGET.in_3d, "epochs": 2, "n": 12})
 
 #: ``smoke``: minutes on 2 CPU cores for the whole zoo x datasets sweep (tiny widths, few
 #: epochs, small n); ``short``: a real but quick comparison; ``paper``: the papers' 100 epochs.
 BUDGETS: dict[str, Budget] = {
-    "smoke": Budget("smoke", epochs=10, epochs_3d=3, n=96, n_3d=8,
-                    width_scale=0.25, width_scale_3d=0.125, batch_size=4,
-                    batch_size_3d=2, throughput_iters=2),
+    "smoke": Budget("smoke", epochs=10, n=96, width_scale=0.25, batch_size=4, throughput_iters=2,
+                    in_3d={"epochs": 3, "n": 8, "width_scale": 0.125, "batch_size": 2}),
     "quick": QUICK_BUDGET,
     "cpu": CPU_BUDGET,
-    "short": Budget("short", epochs=20, epochs_3d=20, n=None, n_3d=None,
-                    width_scale=0.5, width_scale_3d=0.25,
-                    batch_size=16, batch_size_3d=2, hd95=True),
-    "paper": Budget("paper", epochs=100, epochs_3d=100, n=None, n_3d=None, width_scale=1.0,
-                    width_scale_3d=0.5, batch_size=128, batch_size_3d=2,
-                    hd95=True, throughput_iters=10),
+    "short": Budget("short", epochs=20, n=None, width_scale=0.5, batch_size=16, hd95=True,
+                    in_3d={"width_scale": 0.25, "batch_size": 2}),
+    "paper": Budget("paper", epochs=100, n=None, width_scale=1.0, batch_size=128, hd95=True,
+                    throughput_iters=10, in_3d={"width_scale": 0.5, "batch_size": 2}),
 }
 
 #: Config keys and their defaults; ``None`` means "from the budget / the spec / the dataset".
@@ -162,10 +259,11 @@ def resolve_config(config: dict[str, Any]) -> dict[str, Any]:
     out = {**DEFAULTS, **{k: v for k, v in config.items() if v is not None}}
     if out["model"] is None or out["dataset"] is None:
         raise ValueError("config needs 'model' and 'dataset'")
-    if out["budget"] not in BUDGETS:
-        raise ValueError(f"unknown budget '{out['budget']}'; valid: {', '.join(BUDGETS)}")
-    if out["task"] not in ("semantic", "instance"):
-        raise ValueError(f"unknown task '{out['task']}'; valid: semantic, instance")
+    if out["task"] not in TASKS:
+        raise ValueError(f"unknown task '{out['task']}'; valid: {', '.join(TASKS)}")
+    if out["budget"] not in budgets_for(out["task"]):
+        raise ValueError(f"unknown budget '{out['budget']}'; valid: "
+                         f"{', '.join(budgets_for(out['task']))}")
     if out["head_init"] not in ("prior", "he"):
         raise ValueError(f"unknown head_init '{out['head_init']}'; valid: prior, he")
     if out["fast"] is not None:
@@ -270,14 +368,14 @@ class TrialData:
     red: tuple[int, ...]
 
 
-def load_data(cfg: dict[str, Any], budget: Budget | None = None) -> TrialData:
-    """Load and normalise a resolved config's dataset (``cfg['n']`` images, else the budget's
+def load_data(cfg: dict[str, Any], plan: TrialPlan | None = None) -> TrialData:
+    """Load and normalise a resolved config's dataset (``cfg['n']`` images, else the plan's
     image count, else all); an empty validation split falls back to the training split."""
     from skipdsl.data import load_dataset
 
     n = cfg["n"]
-    if n is None and budget is not None:
-        n = budget_n(budget, cfg["dataset"], cfg["data_root"])
+    if n is None and plan is not None:
+        n = plan.n
     ds = load_dataset(cfg["dataset"], root=cfg["data_root"], seed=int(cfg["data_seed"]), n=n,
                       cache_dir=cfg["cache_dir"])
     splits = {k: np.asarray(ds.splits[k], dtype=np.int64) for k in ("train", "val", "test")}
@@ -303,49 +401,54 @@ def augment_config(cfg: dict[str, Any]) -> AugmentConfig:
                                                                 intensity=False)
 
 
-def budget_n(budget: Budget, dataset: str, root: Any) -> int | None:
-    """The budget's image count for a dataset (3D sets get ``n_3d``)."""
-    if budget.n is None and budget.n_3d is None:
-        return None
-    return budget.n_3d if is_3d_dataset(dataset, root) else budget.n
-
-
-def is_3d_dataset(dataset: str, root: Any) -> bool:
-    """Whether a dataset name is registered as 3D (unregistered family names: by suffix)."""
+def dataset_dims(dataset: str, root: Any = None) -> int:
+    """2 or 3: a registered dataset's dimensions (an unregistered family member, e.g.
+    ``nnunet:Dataset004_Hippocampus``, by its name's suffix until its files are read)."""
     from skipdsl.data import DATASETS
 
     if dataset in DATASETS:
-        return DATASETS.get(dataset).dims == 3
-    return dataset.lower().endswith("3d")
+        return int(DATASETS.get(dataset).dims)
+    return 3 if dataset.lower().endswith("3d") else 2
 
 
-@dataclass(frozen=True)
-class InstanceBudget:
-    """The instance recipe at one budget.
+def budgets_for(task: str) -> dict[str, Budget]:
+    """The budgets of ``task`` by name (:data:`BUDGETS`, :data:`INSTANCE_BUDGETS`)."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task '{task}'; valid: {', '.join(TASKS)}")
+    return BUDGETS if task == "semantic" else INSTANCE_BUDGETS
 
-    ``image_size``: the detector's input size (its transform resizes the 96x96 images to it);
-    ``anchors``: one anchor size per pyramid level (P2..P5, pool) in pixels of the resized
-    image; ``width_scale`` scales the pyramid (FPN's 256 channels) as the semantic budgets
-    scale the decoders (the backbone keeps its channels), and ``roi_width`` (None: the scaled
-    pyramid's channels) sets the RoI heads' width (torchvision: mask head 256, box MLP 1024 =
-    4 x 256). ``proposals``: RPN proposals kept per image before / after NMS in training
-    (torchvision: 2000; the test keeps half). ``rois``: sampled RoIs per image
-    (torchvision: 512).
-    """
 
-    name: str
-    epochs: int
-    n: int | None
-    width_scale: float
-    batch_size: int
-    image_size: int
-    anchors: tuple[int, ...]
-    lr: float = 1e-3
-    weight_decay: float = 1e-2
-    roi_width: int | None = None
-    proposals: int = 2000
-    rois: int = 512
-    samples: int = 4
+def plan_trial(cfg: dict[str, Any], dims: int | None = None) -> TrialPlan:
+    """The :class:`TrialPlan` of a trainer config (at least ``dataset`` and ``budget``; a
+    resolved config, or the keys a caller has): its task's budget, for its dataset in ``dims``
+    (default: the registry's, :func:`dataset_dims`), with the config's overrides. The
+    benchmark planner, both trainers, the supernet and the searches resolve a budget here."""
+    task = cfg.get("task") or "semantic"
+    budgets = budgets_for(task)
+    if cfg["budget"] not in budgets:
+        raise ValueError(f"unknown {task} budget '{cfg['budget']}'; valid: "
+                         f"{', '.join(budgets)}")
+    dims = int(dims or dataset_dims(cfg["dataset"], cfg.get("data_root")))
+    over = {k: cfg.get(k) for k in ("n", "patch", "loss", "hd95", "samples")}
+    if over["hd95"] is not None:
+        over["hd95"] = bool(over["hd95"])
+    # 0 epochs, batch size or timing steps asks for the budget's (as an unset one)
+    over.update({k: cfg.get(k) or None for k in ("epochs", "batch_size", "throughput_iters")})
+    if task == "instance":  # the trainer's lr (1e-3 by default) is AdamW's own
+        over["lr"] = float(cfg.get("lr") or DEFAULTS["lr"])
+    return budgets[cfg["budget"]].plan(cfg["dataset"], dims, **over)
+
+
+def instance_budget(name: str, *, epochs: int, n: int | None, width_scale: float,
+                    batch_size: int, image_size: int, anchors: tuple[int, ...],
+                    lr: float = 1e-3, weight_decay: float = 1e-2, roi_width: int | None = None,
+                    proposals: int = 2000, rois: int = 512, samples: int = 4) -> Budget:
+    """A :class:`Budget` of the instance task, with torchvision's defaults where unset
+    (AdamW at PyTorch's defaults: lr 1e-3, weight decay 1e-2)."""
+    return Budget(name, epochs=epochs, n=n, width_scale=width_scale, batch_size=batch_size,
+                  task="instance", samples=samples, image_size=image_size,
+                  anchors=tuple(anchors), lr=lr, weight_decay=weight_decay, roi_width=roi_width,
+                  proposals=proposals, rois=rois)
 
 
 #: ``smoke``: Mask R-CNN with ResNet-34 on 2 CPU cores, two trials side by side in <= 30
@@ -362,19 +465,19 @@ class InstanceBudget:
 #: training, ~1 min of validation and ~1.5 min of testing per trial on a free core, i.e.
 #: ~8 min for the two trials side by side on 2 quiet cores; the committed run's wall time
 #: (cores shared with other work) is in results/instance-smoke/README.md.
-INSTANCE_BUDGETS: dict[str, InstanceBudget] = {
-    "smoke": InstanceBudget("smoke", epochs=8, n=96, width_scale=0.25, batch_size=4,
+INSTANCE_BUDGETS: dict[str, Budget] = {
+    "smoke": instance_budget("smoke", epochs=8, n=96, width_scale=0.25, batch_size=4,
                             image_size=192, anchors=(16, 32, 64, 128, 256), roi_width=64,
                             proposals=600, rois=64),
     # the budgets below are defined, not yet measured
-    "quick": InstanceBudget("quick", epochs=16, n=160, width_scale=0.25, batch_size=4,
+    "quick": instance_budget("quick", epochs=16, n=160, width_scale=0.25, batch_size=4,
                             image_size=192, anchors=(16, 32, 64, 128, 256), roi_width=64,
                             proposals=600, rois=64),
-    "cpu": InstanceBudget("cpu", epochs=40, n=320, width_scale=0.5, batch_size=4,
-                          image_size=192, anchors=(16, 32, 64, 128, 256), roi_width=128,
-                          proposals=1000, rois=128),
-    "short": InstanceBudget("short", epochs=40, n=None, width_scale=1.0, batch_size=8,
+    "cpu": instance_budget("cpu", epochs=40, n=320, width_scale=0.5, batch_size=4,
+                           image_size=192, anchors=(16, 32, 64, 128, 256), roi_width=128,
+                           proposals=1000, rois=128),
+    "short": instance_budget("short", epochs=40, n=None, width_scale=1.0, batch_size=8,
                             image_size=192, anchors=(16, 32, 64, 128, 256)),
-    "paper": InstanceBudget("paper", epochs=100, n=None, width_scale=1.0, batch_size=8,
+    "paper": instance_budget("paper", epochs=100, n=None, width_scale=1.0, batch_size=8,
                             image_size=384, anchors=(32, 64, 128, 256, 512)),
 }

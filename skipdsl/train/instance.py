@@ -7,9 +7,9 @@ as the semantic trials (Ray, resume, atomic results, failed trials recorded). Th
 (:mod:`skipdsl.detection`); the data are a dataset's instance label maps (``nuclei2d``,
 ``dsb2018``), turned into boxes, labels and masks by :func:`instance_targets`.
 
-Recipe (:data:`skipdsl.train.common.INSTANCE_BUDGETS`): AdamW at PyTorch's defaults (lr 1e-3, weight decay 1e-2)
-with a linear warm-up over the first epoch (torchvision's detection reference warms up the same
-way, from 0.001 x lr) and cosine decay to 0; torchvision's SGD recipe (lr 0.02 per 16 images)
+Recipe (:data:`skipdsl.train.common.INSTANCE_BUDGETS`): AdamW at PyTorch's defaults (lr 1e-3,
+weight decay 1e-2) with a linear warm-up over the first epoch (torchvision's detection reference
+warms up the same way, from 0.001 x lr) and cosine decay to 0; torchvision's SGD recipe (lr 0.02 per 16 images)
 is tuned for ImageNet-initialised backbones, and these backbones start from random weights.
 Augmentation: the 8 rot90/flip symmetries and brightness/contrast (skipdsl.train.augment),
 applied to image and instance map together. The epoch with the best validation mask AP50 is
@@ -32,8 +32,8 @@ import numpy as np
 import torch
 
 from .augment import augment_batch
-from .common import (INSTANCE_BUDGETS, InstanceBudget, augment_config, empty_result, load_data,
-                     overlay_samples, pick_device, seed_everything)
+from .common import (TrialPlan, augment_config, empty_result, load_data, overlay_samples,
+                     pick_device, plan_trial, seed_everything)
 
 __all__ = ["instance_targets", "mask_ap", "run_instance",
            "union_masks", "detector_for"]
@@ -88,27 +88,28 @@ def mask_ap(outputs: Sequence[dict[str, torch.Tensor]], targets: Sequence[dict[s
     return {"ap": val("map"), "ap50": val("map_50")}
 
 
-def detector_for(spec: Any, budget: InstanceBudget, in_channels: int,
+def detector_for(spec: Any, plan: TrialPlan, in_channels: int,
                  scale: bool = True) -> torch.nn.Module:
-    """The Mask R-CNN of a pyramid spec at a budget (two classes: background, instance)."""
+    """The Mask R-CNN of a pyramid spec for a trial's plan (its instance budget resolved;
+    two classes: background, instance)."""
     from skipdsl.detection import maskrcnn
     from skipdsl.spec import scale_spec
 
     if scale:
-        spec = scale_spec(spec, budget.width_scale)
-    roi = budget.roi_width or spec.pyramid.channels
-    if budget.anchors and len(budget.anchors) != len(spec.pyramid.nodes) + int(spec.pyramid.pool):
-        raise ValueError(f"the budget has {len(budget.anchors)} anchor sizes but spec "
+        spec = scale_spec(spec, plan.width_scale)
+    roi = plan.roi_width or spec.pyramid.channels
+    if plan.anchors and len(plan.anchors) != len(spec.pyramid.nodes) + int(spec.pyramid.pool):
+        raise ValueError(f"the budget has {len(plan.anchors)} anchor sizes but spec "
                          f"'{spec.name}' has {len(spec.pyramid.nodes) + int(spec.pyramid.pool)} "
                          "pyramid levels")
-    return maskrcnn(spec, 2, in_channels=in_channels, anchor_sizes=budget.anchors,
-                    image_size=budget.image_size, image_mean=[0.0] * in_channels,
+    return maskrcnn(spec, 2, in_channels=in_channels, anchor_sizes=plan.anchors,
+                    image_size=plan.image_size, image_mean=[0.0] * in_channels,
                     image_std=[1.0] * in_channels, roi_width=roi,
-                    rpn_pre_nms_top_n_train=budget.proposals,
-                    rpn_post_nms_top_n_train=budget.proposals,
-                    rpn_pre_nms_top_n_test=max(1, budget.proposals // 2),
-                    rpn_post_nms_top_n_test=max(1, budget.proposals // 2),
-                    box_batch_size_per_image=budget.rois, box_detections_per_img=100)
+                    rpn_pre_nms_top_n_train=plan.proposals,
+                    rpn_post_nms_top_n_train=plan.proposals,
+                    rpn_pre_nms_top_n_test=max(1, plan.proposals // 2),
+                    rpn_post_nms_top_n_test=max(1, plan.proposals // 2),
+                    box_batch_size_per_image=plan.rois, box_detections_per_img=100)
 
 
 @torch.no_grad()
@@ -143,14 +144,9 @@ def run_instance(cfg: dict[str, Any], report: Callable[[int, float], Any] | None
     from skipdsl.train.metrics import aggregate, case_metrics, count_params
 
 
-    if cfg["budget"] not in INSTANCE_BUDGETS:
-        raise ValueError(f"unknown instance budget '{cfg['budget']}'; valid: "
-                         f"{', '.join(INSTANCE_BUDGETS)}")
-    budget = INSTANCE_BUDGETS[cfg["budget"]]
-    # command-line overrides (--epochs, --n, --batch-size, --lr; the trainer's lr default,
-    # 1e-3, is AdamW's own)
-    budget = dataclasses.replace(budget, lr=float(cfg["lr"]), **{
-        k: cfg[k] for k in ("epochs", "n", "batch_size") if cfg[k] is not None})
+    # the instance budget with the command line's --epochs, --n, --batch-size and --lr (the
+    # trainer's lr default, 1e-3, is AdamW's own)
+    plan = plan_trial(cfg)
     result = empty_result(cfg)
     result.update(task="instance", ap=float("nan"), ap50=float("nan"))
     gen = seed_everything(int(cfg["seed"]))
@@ -161,7 +157,7 @@ def run_instance(cfg: dict[str, Any], report: Callable[[int, float], Any] | None
     result["spec_hash"] = spec_hash(spec)
     result["loss"] = "maskrcnn"
 
-    data = load_data({**cfg, "n": budget.n})  # normalised with the training statistics
+    data = load_data(cfg, plan)  # normalised with the training statistics
     ds, splits, case_ids = data.ds, data.splits, data.case_ids
     if ds.instances is None or data.dims != 2:
         raise ValueError(f"dataset '{cfg['dataset']}' has no 2D instance labels; instance "
@@ -170,11 +166,11 @@ def run_instance(cfg: dict[str, Any], report: Callable[[int, float], Any] | None
     raw_images, images = data.raw_images, data.images
     inst = torch.from_numpy(np.ascontiguousarray(ds.instances)).long()
 
-    model = detector_for(spec, budget, int(ds.in_channels)).to(device)
-    epochs, bs = int(budget.epochs), max(1, min(int(budget.batch_size), len(splits["train"])))
+    model = detector_for(spec, plan, int(ds.in_channels)).to(device)
+    epochs, bs = int(plan.epochs), max(1, min(int(plan.batch_size), len(splits["train"])))
     steps = max(1, len(splits["train"]) // bs)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=budget.lr, weight_decay=budget.weight_decay)
+    opt = torch.optim.AdamW(params, lr=plan.lr, weight_decay=plan.weight_decay)
     warm, total = steps, epochs * steps
 
     def lr_at(step: int) -> float:  # linear warm-up from 0.001 x over one epoch, then cosine
@@ -247,8 +243,8 @@ def run_instance(cfg: dict[str, Any], report: Callable[[int, float], Any] | None
         images_per_s=ips, train_seconds=train_seconds, epochs=len(curve),
         best_epoch=int(best[1]), curve=curve, cases=cases, widths=[body.spec.pyramid.channels],
         dims=2, in_channels=int(ds.in_channels), num_classes=1,
-        recipe=dataclasses.asdict(budget),
+        recipe=dataclasses.asdict(plan),
         samples=overlay_samples(raw_images[test_idx], gt, union, test_ids,
-                         int(cfg["samples"] if cfg["samples"] is not None else budget.samples)),
+                         int(plan.samples)),
     )
     return result

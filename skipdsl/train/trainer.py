@@ -31,15 +31,16 @@ import torch
 from ..heads import init_heads
 from .augment import AugmentConfig, augment_batch, random_crop
 from .common import (BUDGETS, CPU_BUDGET, DEFAULTS, INSTANCE_BUDGETS, QUICK_BUDGET, Budget,
-                     TrialData, augment_config, empty_result, is_3d_dataset, load_data,
-                     load_spec, overlay_samples, pick_device, resolve_config, seed_everything)
+                     TrialData, TrialPlan, augment_config, empty_result, load_data, load_spec,
+                     overlay_samples, pick_device, plan_trial, resolve_config, seed_everything)
 from .instance import run_instance
 
-# Budget, BUDGETS, DEFAULTS, resolve_config, TrialData, load_data and load_spec live in
+# Budget, TrialPlan, BUDGETS, DEFAULTS, resolve_config, TrialData, load_data and load_spec live in
 # skipdsl.train.common (shared with the instance trainer and the supernet) and are
 # re-exported here, where the trial's callers have always found them.
-__all__ = ["Budget", "BUDGETS", "CPU_BUDGET", "QUICK_BUDGET", "DEFAULTS", "Diverged", "load_spec",
-           "resolve_config", "fast_path", "train_and_evaluate", "planned_epochs", "TrialData", "load_data", "train_epoch",
+__all__ = ["Budget", "TrialPlan", "plan_trial", "BUDGETS", "INSTANCE_BUDGETS", "CPU_BUDGET",
+           "QUICK_BUDGET", "DEFAULTS", "Diverged", "load_spec", "resolve_config", "fast_path",
+           "train_and_evaluate", "planned_epochs", "TrialData", "load_data", "train_epoch",
            "recipe"]
 
 
@@ -174,11 +175,12 @@ def _train_and_evaluate(cfg: dict[str, Any],
                         report: Callable[[int, float], Any] | None) -> dict[str, Any]:
     from skipdsl.compiler import compile
     from skipdsl.graph import spec_hash
-    from skipdsl.spec import scale_spec
     from skipdsl.losses import build_loss
+    from skipdsl.models import create_model
+    from skipdsl.spec import Spec
     from skipdsl.train.metrics import aggregate, case_metrics, count_params, gflops
 
-    budget = BUDGETS[cfg["budget"]].for_dataset(cfg["dataset"])
+    plan = plan_trial(cfg)  # the budget resolved for this dataset (its registered dims)
     result = empty_result(cfg)
     gen = seed_everything(int(cfg["seed"]))
     device = pick_device(cfg["device"])
@@ -197,35 +199,28 @@ def _train_and_evaluate(cfg: dict[str, Any],
     fast = fast_path(cfg, spec, device)
     result.update(fast=fast.summary(), fast_skipped=fast.reasons())
     result["spec_hash"] = spec_hash(spec)
-    data = load_data(cfg, budget)
+    data = load_data(cfg, plan)
     ds, dims, is3d, splits, case_ids = data.ds, data.dims, data.is3d, data.splits, data.case_ids
     images, masks, mean, std, red = data.images, data.masks, data.mean, data.std, data.red
     raw_images = data.raw_images
     result["splits"] = {k: [case_ids[i] for i in v] for k, v in splits.items()}
 
     # -- model -----------------------------------------------------------------------------
+    if dims != plan.dims:  # a family member's dimensions are known once its files are read
+        plan = plan_trial(cfg, dims=dims)
     widths = cfg["widths"]
-    baseline = getattr(spec, "is_baseline", False)
-    scale = budget.width_scale_3d if is3d else budget.width_scale
-    if widths is None and not baseline:  # the budget scales the spec's widths (its shape)
-        spec = scale_spec(spec, scale)
     widths = list(widths) if isinstance(widths, (list, tuple)) else widths
-    has_ds_heads = len(spec.heads) > 1
-    use_ds = bool(cfg["deep_supervision"]) and has_ds_heads
-    build = dict(in_channels=int(ds.in_channels), num_classes=int(ds.num_classes), dims=dims,
-                 widths=widths, cgm=cfg["cgm"])
-    patch = int(cfg["patch"] if cfg["patch"] is not None
-                else (budget.patch_3d if is3d else budget.patch))
-    if baseline:  # a library network (skipdsl.baselines): its size rules are checked here
-        from skipdsl.baselines import scale_from_widths
-
-        model = spec.build(in_channels=build["in_channels"], num_classes=build["num_classes"],
-                           dims=dims, image_size=tuple(images.shape[2:]), patch=patch,
-                           spacing=ds.meta.get("spacing"),
-                           width_scale=scale if widths is None else scale_from_widths(widths))
-        model = model.to(device)
-    else:
-        model = compile(spec, deep_supervision=use_ds, **build).to(device)
+    use_ds = bool(cfg["deep_supervision"]) and len(spec.heads) > 1
+    # one call for every model (skipdsl.models): the plan's width scale scales the spec's own
+    # widths (its shape) unless widths are given; a library baseline checks its size rules
+    model = create_model(spec if isinstance(spec, Spec) else spec.name,
+                         in_channels=int(ds.in_channels), num_classes=int(ds.num_classes),
+                         dims=dims, widths=widths,
+                         width_scale=plan.width_scale if widths is None else None,
+                         deep_supervision=use_ds, cgm=cfg["cgm"],
+                         image_size=tuple(images.shape[2:]), patch=plan.patch,
+                         spacing=ds.meta.get("spacing")).to(device)
+    patch = plan.patch
     result["head_init"] = cfg["head_init"]
     if cfg["head_init"] == "prior":
         train_masks = masks[torch.from_numpy(splits["train"])].float()
@@ -239,12 +234,11 @@ def _train_and_evaluate(cfg: dict[str, Any],
         model = model.to(memory_format=memory_format)
     forward = fast.compile_model(model)  # the training forward (compiled with fast: compile)
     evaluate = fast.inference(model, fn=forward)  # eval forward (CUDA graphs: replayed)
-    loss_name = cfg["loss"] or budget.loss or spec.loss or "bce_dice"
+    loss_name = plan.loss or spec.loss or "bce_dice"
     result["loss"] = loss_name
     loss_fn = build_loss(loss_name, **(cfg["loss_kwargs"] or {}))
 
-    epochs = int(cfg["epochs"] or (budget.epochs_3d if is3d else budget.epochs))
-    bs = int(cfg["batch_size"] or (budget.batch_size_3d if is3d else budget.batch_size))
+    epochs, bs = int(plan.epochs), int(plan.batch_size)
     n_train = len(splits["train"])
     bs = max(1, min(bs, n_train))
     steps_per_epoch = max(1, n_train // bs)  # drop the last partial batch (BatchNorm)
@@ -291,7 +285,7 @@ def _train_and_evaluate(cfg: dict[str, Any],
     # -- evaluate on the test split --------------------------------------------------------
     test_idx = torch.from_numpy(splits["test"])
     test_x, test_y = images[test_idx], masks[test_idx]
-    hd95 = budget.hd95 if cfg["hd95"] is None else bool(cfg["hd95"])
+    hd95 = plan.hd95
     probs = predict(model, test_x, eval_bs, forward=evaluate)
     cases = case_metrics(probs, test_y, threshold=cfg["threshold"], hd95=hd95)
     test_ids = [case_ids[i] for i in splits["test"]]
@@ -301,14 +295,14 @@ def _train_and_evaluate(cfg: dict[str, Any],
     # costs, measured on the inference network (main head only, weights shared)
     infer = model
     if use_ds:
-        infer = compile(spec, deep_supervision=False, **build).to(device)
+        infer = compile(model.spec, deep_supervision=False).to(device)
         if memory_format is not None:
             infer = infer.to(memory_format=memory_format)
         missing, _ = infer.load_state_dict(model.state_dict(), strict=False)
         if missing:
             infer = model
     shape = tuple(images.shape[1:])
-    iters = int(cfg["throughput_iters"] or budget.throughput_iters)
+    iters = int(plan.throughput_iters)
     pruning = []
     if use_ds and cfg["prune"]:
         pruning = _pruning_levels(model, test_x, test_y, shape, eval_bs, device, iters, cfg,
@@ -325,7 +319,7 @@ def _train_and_evaluate(cfg: dict[str, Any],
         curve=curve, cases=cases, pruning=pruning, widths=list(infer.spec.widths),
         dims=dims, in_channels=int(ds.in_channels), num_classes=int(ds.num_classes),
         samples=overlay_samples(raw_images[test_idx], test_y, probs, test_ids,
-                         int(cfg["samples"] if cfg["samples"] is not None else budget.samples)),
+                         int(plan.samples)),
     )
     # the model holds the selected epoch's weights (loaded above); a library baseline is not
     # compiled from a spec, so it has no checkpoint (skipdsl.checkpoint rebuilds from specs)
@@ -354,12 +348,7 @@ def _throughput(model, shape, eval_bs, iters, device, is3d) -> float:
 
 def planned_epochs(config: dict[str, Any]) -> int:
     """The number of epochs a config will train (for progress bars)."""
-    cfg = resolve_config(config)
-    if cfg["task"] == "instance":
-        return int(cfg["epochs"] or INSTANCE_BUDGETS[cfg["budget"]].epochs)
-    b = BUDGETS[cfg["budget"]].for_dataset(cfg["dataset"])
-    return int(cfg["epochs"] or (b.epochs_3d if is_3d_dataset(cfg["dataset"], cfg["data_root"])
-                                 else b.epochs))
+    return int(plan_trial(resolve_config(config)).epochs)
 
 
 def _pruning_levels(model, test_x, test_y, shape, eval_bs, device, iters, cfg,
