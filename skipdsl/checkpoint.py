@@ -107,19 +107,19 @@ def payload(model: nn.Module, *, state_dict: dict[str, torch.Tensor] | None = No
         "patch": int(patch or 0),
         "classes": [str(k) for k in classes] or [f"class{k}" for k in range(spec.num_classes)],
         "trial": {"skipdsl": __version__, "torch": str(torch.__version__),
-                  **{str(k): _plain(v) for k, v in (trial or {}).items()
-                     if _plain(v) is not _SKIP}},
+                  **{str(k): _loadable(v) for k, v in (trial or {}).items()
+                     if _loadable(v) is not _SKIP}},
     }
 
 
 _SKIP = object()
 
 
-def _plain(v: Any) -> Any:
+def _loadable(v: Any) -> Any:
     """``v`` as types ``torch.load(weights_only=True)`` reads back (numpy scalars and str
     subclasses become plain Python values); ``_SKIP`` for anything else."""
     if isinstance(v, (list, tuple)):
-        items = [_plain(x) for x in v]
+        items = [_loadable(x) for x in v]
         return _SKIP if any(x is _SKIP for x in items) else items
     if v is None or isinstance(v, bool):
         return v
@@ -127,7 +127,7 @@ def _plain(v: Any) -> Any:
         if isinstance(v, kind):
             return kind(v)
     if hasattr(v, "item") and getattr(v, "ndim", None) == 0:  # a numpy scalar
-        return _plain(v.item())
+        return _loadable(v.item())
     return _SKIP
 
 

@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "0,1,2), smoke (tests), short, paper (see skipdsl.train.trainer.BUDGETS)")
     r.add_argument("--out", default=None, help="output folder (default runs/bench-BUDGET)")
     r.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
-    r.add_argument("--deep-supervision", "--ds", dest="ds", default="both",
+    r.add_argument("--deep-supervision", "--ds", dest="deep_supervision", default="both",
                    choices=["off", "on", "both"],
                    help="deep supervision trials (default both; single-head models: off only)")
     r.add_argument("--backend", default="ray", choices=["ray", "local"],
@@ -159,14 +159,14 @@ def _cmd_run(a: argparse.Namespace) -> int:
                  "cgm": a.cgm, "head_init": a.head_init,
                  "save_weights": False if a.no_weights else None,
                  "fast": None if a.fast is None else normalize(a.fast)}
-    trials = runner.plan(models, datasets, seeds=seeds, deep_supervision=a.ds, budget=a.budget,
-                         overrides=overrides, backbone=a.backbone, task=a.task)
+    trials = runner.plan(models, datasets, seeds=seeds, deep_supervision=a.deep_supervision,
+                         budget=a.budget, overrides=overrides, backbone=a.backbone, task=a.task)
     from rich.console import Console
 
     console = Console(stderr=True)
     console.print(f"{len(trials)} {a.task} trials: models {', '.join(models)}; datasets "
                   f"{', '.join(datasets)}; seeds {seeds}; "
-                  + (f"DS {a.ds}; " if a.task == "semantic" else "") + f"budget {a.budget}; "
+                  + (f"DS {a.deep_supervision}; " if a.task == "semantic" else "") + f"budget {a.budget}; "
                   f"backend {a.backend}" + (f" at {a.address}" if a.address else "")
                   + (f"; fast {overrides['fast']}" if overrides["fast"] else ""),
                   highlight=False)

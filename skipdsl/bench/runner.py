@@ -132,7 +132,7 @@ def plan(
             spec = spec.with_backbone(backbone, rename=True)
             ref = spec.to_dict()
         h = spec_hash(spec)
-        ds_modes = [d for d in modes if not d or len(spec.heads) > 1]
+        deep_modes = [d for d in modes if not d or len(spec.heads) > 1]
         if task == "instance":
             from skipdsl.train.instance import model_label
 
@@ -142,11 +142,11 @@ def plan(
             # stored under an older definition of a budget are not taken for the current one
             extra["budget_def"] = budget_fingerprint(BUDGETS[budget], dataset)
             for seed in seeds:
-                for ds in ds_modes:
-                    key = store.trial_key(h, dataset, budget, seed, ds, extra)
-                    label = f"{spec.name}/{dataset}/s{seed}/{'ds' if ds else 'nods'}"
+                for deep in deep_modes:
+                    key = store.trial_key(h, dataset, budget, seed, deep, extra)
+                    label = f"{spec.name}/{dataset}/s{seed}/{'ds' if deep else 'nods'}"
                     config = {**overrides, "model": ref, "dataset": dataset, "seed": int(seed),
-                              "deep_supervision": ds, "budget": budget}
+                              "deep_supervision": deep, "budget": budget}
                     if task == "instance":
                         label = f"{name}/{dataset}/s{seed}"
                         config["task"] = task

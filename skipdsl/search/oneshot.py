@@ -121,13 +121,13 @@ def run_oneshot(
         raise SearchError(f"unknown budget '{budget}'; valid: {', '.join(BUDGETS)}")
     check_dataset(dataset)
     sp = load_space(space or DEFAULT_SPACE)
-    settings = sp.budget(budget)  # the space's settings for this budget
-    over = {**settings.overrides(), **{k: v for k, v in (overrides or {}).items()
+    space_budget = sp.budget(budget)  # the space's settings for this budget
+    over = {**space_budget.overrides(), **{k: v for k, v in (overrides or {}).items()
                                        if v is not None}}
     over.setdefault("threads", max(1, cpu_count()) if not torch.cuda.is_available() else None)
     over = {k: v for k, v in over.items() if v is not None}
     cfg = SearchConfig(dataset=dataset, budget=budget, seed=seed, objectives=tuple(objectives),
-                       width_scale=float(width_scale or settings.width_scale), overrides=over,
+                       width_scale=float(width_scale or space_budget.width_scale), overrides=over,
                        prune="none", latency_size=latency_size, latency_iters=latency_iters)
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -482,7 +482,7 @@ def _report(out: Path, df, front, paths: list[Path], cfg: SearchConfig,
     return p
 
 
-def report(out: str | Path, storage: str | None = None) -> dict[str, Path]:
+def rebuild_outputs(out: str | Path, storage: str | None = None) -> dict[str, Path]:
     """Rebuild a one-shot folder's outputs from its study."""
     from .study import load_for_report
 
@@ -491,4 +491,4 @@ def report(out: str | Path, storage: str | None = None) -> dict[str, Path]:
     return write_outputs(out, study, space, cfg, settings)
 
 
-__all__ = ["run_oneshot", "OneShotSummary", "write_outputs", "report", "DEFAULT_SPACE"]
+__all__ = ["run_oneshot", "OneShotSummary", "write_outputs", "rebuild_outputs", "DEFAULT_SPACE"]

@@ -165,7 +165,7 @@ def open_study(storage, name: str, space: SearchSpace, cfg: SearchConfig, *, sam
     if have is None:  # one write, so a worker starting at the same time sees all or nothing
         study.set_user_attr("search_settings", want)
         return study
-    diff = [k for k in STUDY_KEYS if _plain(have.get(k)) != _plain(want[k])]
+    diff = [k for k in STUDY_KEYS if _as_json(have.get(k)) != _as_json(want[k])]
     if diff:
         detail = "; ".join(f"{k}: study has {have.get(k)!r}, this run {want[k]!r}" for k in diff)
         raise SearchError(f"study '{name}' was created with other settings ({detail})\n  hint: "
@@ -175,7 +175,7 @@ def open_study(storage, name: str, space: SearchSpace, cfg: SearchConfig, *, sam
     return study
 
 
-def _plain(v: Any) -> Any:
+def _as_json(v: Any) -> Any:
     import json
 
     return json.loads(json.dumps(v, sort_keys=True, default=str))

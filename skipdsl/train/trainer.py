@@ -4,10 +4,10 @@ One function, :func:`train_and_evaluate`, does the whole trial; the benchmark ru
 or local), and the architecture search call it. It takes a plain, serialisable ``config`` dict
 and returns a result dict (see :func:`train_and_evaluate`).
 
-Recipe (UNet# code, REFERENCE.md): Adam (lr 1e-3, weight decay 1e-4), cosine annealing of the
-learning rate over all steps, He init (done by the compiler, ``init: he``), batch training with
-on-device augmentation (rot90, flips, brightness/contrast; :mod:`skipdsl.train.augment`),
-per-channel normalisation with the training split's statistics. The model of the epoch with the
+Recipe (the UNet# paper's public code, Qian et al. 2022): Adam (lr 1e-3, weight decay 1e-4),
+cosine annealing of the learning rate over all steps, He init (done by the compiler,
+``init: he``), batch training with on-device augmentation (rot90, flips, brightness/contrast;
+:mod:`skipdsl.train.augment`), per-channel normalisation with the training split's statistics. The model of the epoch with the
 best validation IoU is evaluated on the test split. On CUDA: bf16 autocast, channels_last and
 cuDNN autotuning. Seeds fix the initialisation, the batch order and the augmentation.
 
