@@ -440,8 +440,7 @@ def start_ray(args: argparse.Namespace, verbose: bool = False) -> bool:
     """
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    os.environ.update({k: v for k, v in LOCAL_RAY_ENV.items() if k not in os.environ})
-    import ray  # a local Ray on the loopback address (the variables are read at import)
+    import ray
 
     if ray.is_initialized():
         return False
@@ -673,6 +672,8 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     """CLI entry. Exit status 1 when a trial failed."""
     argv = list(sys.argv[1:] if argv is None else argv)
     command = shlex.join([*shlex.split(prog), *argv])
+    # this process starts a local Ray on the loopback address (Ray reads these at import)
+    os.environ.update({k: v for k, v in LOCAL_RAY_ENV.items() if k not in os.environ})
     args = parse_args(argv, prog=prog)
     from rich.console import Console
 
