@@ -61,7 +61,7 @@ import skipdsl  # noqa: E402
 from skipdsl.bench import runner, store  # noqa: E402
 from skipdsl.fileio import atomic_write_text  # noqa: E402
 from skipdsl.raytools import cpu_count as _cpu_count  # noqa: E402
-from skipdsl.raytools import local_ray_env  # noqa: E402
+from skipdsl.raytools import LOCAL_RAY_ENV  # noqa: E402
 
 #: The folder holding the skipdsl package (a checkout, or site-packages): the Ray workers'
 #: PYTHONPATH, as :func:`skipdsl.raytools.ray_session` gives them.
@@ -444,8 +444,8 @@ def start_ray(args: argparse.Namespace, verbose: bool = False) -> bool:
     """
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    local_ray_env()  # a local Ray on the loopback address, before Ray's first import
-    import ray
+    os.environ.update({k: v for k, v in LOCAL_RAY_ENV.items() if k not in os.environ})
+    import ray  # a local Ray on the loopback address (the variables are read at import)
 
     if ray.is_initialized():
         return False

@@ -31,13 +31,19 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def local_ray_env(address: str | None = None) -> None:
-    """Set :data:`LOCAL_RAY_ENV` (where unset) when this process will start a local Ray, i.e.
-    ``address`` is None. Call it before ``ray`` is first imported: Ray reads these variables
-    at import."""
-    if not address:
-        for k, v in LOCAL_RAY_ENV.items():
-            os.environ.setdefault(k, v)
+@contextmanager
+def local_ray_env(address: str | None = None) -> Iterator[None]:
+    """:data:`LOCAL_RAY_ENV` (where unset) while this process starts and uses a local Ray, i.e.
+    ``address`` is None; the variables it set are removed on leaving, so later processes
+    (another Ray joining a cluster) do not inherit them. Enter it before ``ray`` is first
+    imported: Ray reads these variables at import."""
+    added = {} if address else {k: v for k, v in LOCAL_RAY_ENV.items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
 
 
 @contextmanager
@@ -51,10 +57,21 @@ def ray_session(*, address: str | None = None, num_cpus: int | None = None,
     local Ray starts with ``num_cpus`` CPUs (default: :func:`cpu_count`) and, with ``gpus``,
     every visible CUDA device; it is shut down on leaving. Workers get this checkout on their
     ``PYTHONPATH`` (same machine or a shared file system; an installed skipdsl works anywhere)
-    and the variables of ``env``. ``verbose`` forwards the workers' logs to this process.
+    and the variables of ``env``. ``verbose`` forwards the workers' logs to this process. A
+    local Ray runs with :data:`LOCAL_RAY_ENV` (:func:`local_ray_env`).
     """
-    import ray
+    with local_ray_env(address):
+        import ray
 
+        with _session(ray, address=address, num_cpus=num_cpus, gpus=gpus, verbose=verbose,
+                      env=env):
+            yield ray
+
+
+@contextmanager
+def _session(ray: Any, *, address: str | None, num_cpus: int | None, gpus: bool,
+             verbose: bool, env: dict[str, str] | None) -> Iterator[None]:
+    """Initialise Ray unless it is (see :func:`ray_session`); shut it down on leaving."""
     started = False
     if not ray.is_initialized():
         pkg_root = str(Path(__file__).resolve().parents[1])
@@ -73,7 +90,7 @@ def ray_session(*, address: str | None = None, num_cpus: int | None = None,
                      include_dashboard=False, **kw)
         started = True
     try:
-        yield ray
+        yield
     finally:
         if started:
             ray.shutdown()

@@ -481,14 +481,23 @@ def _store_callback_class(tune):
 def _run_ray(pending: list[Trial], out: Path, summary: SweepSummary, prog: _Progress, *,
              address: str | None, cpus_per_trial: float, gpus_per_trial: float,
              num_cpus: int | None, verbose: bool) -> None:
-    import logging
+    from ..raytools import local_ray_env
 
-    from ..raytools import local_ray_env, ray_session
-
-    local_ray_env(address)  # before Ray's first import
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    with local_ray_env(address):  # before Ray's first import
+        _run_tune(pending, out, summary, prog, address=address, cpus_per_trial=cpus_per_trial,
+                  gpus_per_trial=gpus_per_trial, num_cpus=num_cpus, verbose=verbose)
+
+
+def _run_tune(pending: list[Trial], out: Path, summary: SweepSummary, prog: _Progress, *,
+              address: str | None, cpus_per_trial: float, gpus_per_trial: float,
+              num_cpus: int | None, verbose: bool) -> None:
+    import logging
+
     from ray import tune
+
+    from ..raytools import ray_session
 
     # the store holds the results: Tune's own loggers are off, so its end-of-run analysis
     # has no metrics files to read and would warn about each trial
