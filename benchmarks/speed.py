@@ -15,8 +15,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ and 
 from benchmarks.reference_models import REFERENCE_MODELS  # noqa: E402
 from skipdsl.bench.speed import *  # noqa: E402,F401,F403
 from skipdsl.bench.speed import main as _main  # noqa: E402
+from skipdsl.bench.speed import parse_args as _parse_args  # noqa: E402
 
 PROG = "python benchmarks/speed.py"
+
+
+def parse_args(argv=None, prog: str = PROG):
+    """The race's command line (:func:`skipdsl.bench.speed.parse_args` with the references)."""
+    return _parse_args(argv, prog=prog, references=REFERENCE_MODELS)
 
 
 def main(argv=None, prog: str = PROG) -> int:
