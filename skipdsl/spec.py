@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import re
 from importlib import resources
 from pathlib import Path
@@ -183,7 +184,7 @@ class Edge(_Model):
 
     src: str = Field(alias="from")
     dst: str = Field(alias="to")
-    scale: float | None = None
+    scale: float | None = Field(None, gt=0, allow_inf_nan=False)
     resample: Resample | None = None
     project: Project | None = None
     dropout: float | None = Field(None, ge=0, lt=1)
@@ -229,8 +230,8 @@ class Pyramid(_Model):
 
 class Widths(_Model):
     base: int = Field(gt=0)
-    growth: float = Field(2.0, gt=0)
-    multipliers: list[float] | None = None
+    growth: float = Field(2.0, gt=0, allow_inf_nan=False)
+    multipliers: list[Annotated[float, Field(gt=0, allow_inf_nan=False)]] | None = None
 
 
 class Grid(_Model):
@@ -245,7 +246,18 @@ class Grid(_Model):
             return list(self.widths)
         w = self.widths
         mult = w.multipliers or [1.0] * self.depth
-        return [int(round(w.base * w.growth**i * mult[i])) for i in range(min(self.depth, len(mult)))]
+        out = []
+        for i in range(min(self.depth, len(mult))):
+            try:
+                v = w.base * w.growth**i * mult[i]
+            except OverflowError:
+                v = math.inf
+            if not math.isfinite(v) or v > 1e9:
+                raise ValueError(f"grid.widths gives level {i} a width of {v:.3g} channels "
+                                 f"(base {w.base} x growth {w.growth}^{i}); use a smaller "
+                                 "base, growth or multiplier")
+            out.append(int(round(v)))
+        return out
 
 
 class Defaults(_Model):
@@ -490,7 +502,11 @@ def _model_at(loc: tuple, data: Any) -> type[BaseModel] | None:
 
 
 def _to_spec_error(err: ValidationError, file: str | None, lines: dict, data: Any) -> SpecError:
-    errors = sorted(err.errors(), key=lambda e: e["type"] != "extra_forbidden")
+    # unknown keys first; a union's "not this branch" errors (list_type, model_type, ...) last,
+    # so that `growth: .inf` reports the finite-number error, not "Input should be a list"
+    errs = err.errors()
+    errors = sorted(errs, key=lambda e: (e["type"] != "extra_forbidden",
+                                         len(errs) > 1 and e["type"].endswith("_type")))
     e = errors[0]
     loc = _clean_loc(tuple(e["loc"]), data)
     where = ".".join(str(p) for p in loc) or "(top level)"

@@ -67,6 +67,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--epochs", type=int, default=None, help="override the budget's epochs")
     r.add_argument("--n", type=int, default=None, help="override the budget's images per set")
     r.add_argument("--widths", default=None, help="override widths: a base (8) or a list")
+    size = r.add_mutually_exclusive_group()
+    size.add_argument("--params", default=None, metavar="TARGET",
+                      help="every model at the same size: its widths scaled by one factor "
+                      "so that its inference network has TARGET parameters +-3%% for each "
+                      "dataset's channels (670k, 0.67M, 670000, or a model name: that model's "
+                      "count at this budget, e.g. --params unetsharp); replaces the budget's "
+                      "width scale (skipdsl.sizing)")
+    size.add_argument("--flops", default=None, metavar="TARGET",
+                      help="as --params, for forward GFLOPs per image at the evaluation size "
+                      "(0.5, or a model name)")
     r.add_argument("--backbone", default=None,
                    help="torchvision encoder under every model (2D): vgg16_bn, resnet34, "
                    "resnet50, resnet101; random init (weights only from a spec's local file)")
@@ -158,8 +168,15 @@ def _cmd_run(a: argparse.Namespace) -> int:
                  "cgm": a.cgm, "head_init": a.head_init,
                  "save_weights": False if a.no_weights else None,
                  "fast": None if a.fast is None else normalize(a.fast)}
+    size = None
+    if a.params or a.flops:
+        from skipdsl.sizing import parse_size
+
+        size = parse_size(a.params or a.flops, "params" if a.params else "flops")
+    aliases: dict[str, list[str]] = {}
     trials = runner.plan(models, datasets, seeds=seeds, deep_supervision=a.ds, budget=a.budget,
-                         overrides=overrides, backbone=a.backbone, task=a.task)
+                         overrides=overrides, backbone=a.backbone, task=a.task, size=size,
+                         aliases=aliases)
     from rich.console import Console
 
     console = Console(stderr=True)
@@ -167,8 +184,12 @@ def _cmd_run(a: argparse.Namespace) -> int:
                   f"{', '.join(datasets)}; seeds {seeds}; "
                   + (f"DS {a.ds}; " if a.task == "semantic" else "") + f"budget {a.budget}; "
                   f"backend {a.backend}" + (f" at {a.address}" if a.address else "")
-                  + (f"; fast {overrides['fast']}" if overrides["fast"] else ""),
+                  + (f"; fast {overrides['fast']}" if overrides["fast"] else "")
+                  + (f"; every model at the {size.describe()} (+-3%)" if size else ""),
                   highlight=False)
+    for line in runner.alias_notes(aliases):
+        console.print(f"note: {line}", highlight=False)
+    runner.record_aliases(out, aliases)
     summary = runner.run_sweep(trials, out, backend=a.backend, address=a.address,
                                cpus_per_trial=a.cpus_per_trial, gpus_per_trial=a.gpus_per_trial,
                                num_cpus=a.num_cpus, retry_failed=a.retry_failed,
