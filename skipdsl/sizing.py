@@ -169,6 +169,7 @@ def scale_to(spec: "Spec | str", target: float, *, kind: str = "params",
 
     lo = 1e-7  # every width (below 5e6 channels) rounds to its floor of 1 channel
     lo_spec, lo_val = measure(lo)
+    floor = lo_val
     if target < lo_val * (1 - tol):
         raise SpecError(f"{name} cannot be made as small as {unit(target)}: with every width "
                         f"at 1 channel it has {unit(lo_val)}",
@@ -203,7 +204,8 @@ def scale_to(spec: "Spec | str", target: float, *, kind: str = "params",
     if abs(v / target - 1) > tol:
         raise SpecError(f"{name} has no integer widths within {tol:.0%} of {unit(target)}: the "
                         f"nearest is {unit(v)} (factor {f:.4g})", file=s.source,
-                        hint=f"reachable: {unit(lo_val)} and up, in steps; try a larger target")
+                        hint=f"reachable: {unit(floor)} and up, in steps (integer channels); "
+                        "try a larger target")
     return Scaled(t_spec, f, v, float(target), kind)
 
 
