@@ -107,6 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("out")
     rep.add_argument("--no-plots", action="store_true")
 
+    cp = sub.add_parser("compare", help="compare two sweeps' rankings per dataset (Kendall "
+                        "tau, changed significant conclusions): e.g. unmatched vs --params")
+    cp.add_argument("a", help="the first sweep's folder")
+    cp.add_argument("b", help="the second sweep's folder")
+    cp.add_argument("--names", default=None, help="two names for the table (default: folders)")
+    cp.add_argument("-o", "--out", default=None, help="also write the markdown here")
+
     ls = sub.add_parser("list", help="list zoo models and datasets")
     ls.add_argument("--data-root", default=None)
 
@@ -203,6 +210,27 @@ def _cmd_run(a: argparse.Namespace) -> int:
     return 1 if (a.strict and summary.failed) else 0
 
 
+def _cmd_compare(a: argparse.Namespace) -> int:
+    from skipdsl.bench import stats, store
+
+    frames = []
+    for out in (a.a, a.b):
+        if not Path(out).is_dir():
+            raise FileNotFoundError(f"no benchmark output folder '{out}'")
+        results = store.load_results(out)
+        ok = {r["trial_key"] for r in results if r.get("status") == "ok"}
+        cases = store.load_cases(out, results)
+        frames.append(cases[cases["trial_key"].isin(ok)] if len(cases) else cases)
+    names = tuple(_csv(a.names)) if a.names else (Path(a.a).name, Path(a.b).name)
+    datasets = sorted(set(frames[0]["dataset"]) & set(frames[1]["dataset"])) if all(
+        len(f) for f in frames) else []
+    _, md = stats.compare_runs(frames[0], frames[1], datasets, names=names)
+    print(md or "no dataset with finished trials in both")
+    if a.out:
+        Path(a.out).write_text(md + "\n")
+    return 0
+
+
 def _cmd_list(a: argparse.Namespace) -> int:
     import skipdsl
     from skipdsl.data import list_datasets
@@ -247,6 +275,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             print(build_report(a.out, plots=not a.no_plots))
             return 0
+        if a.cmd == "compare":
+            return _cmd_compare(a)
         if a.cmd == "list" or (a.cmd == "datasets" and a.dcmd == "list"):
             return _cmd_list(a) if a.cmd == "list" else _list_datasets(a)
         if a.cmd == "datasets" and a.dcmd == "compare":

@@ -295,10 +295,13 @@ def _cost(config: dict[str, Any], cache: dict) -> float:
     is3d = trainer._is_3d(config["dataset"], config.get("data_root"))
     model = config["model"]
     ref = model if isinstance(model, str) else repr(sorted(model.items()))
-    key = (ref, is3d, bool(config.get("deep_supervision")), config.get("budget"))
+    key = (ref, is3d, bool(config.get("deep_supervision")), config.get("budget"),
+           config.get("width_scale"))
     if key not in cache:
         try:
             spec, scale = trainer.load_spec(model), b.width_scale_3d if is3d else b.width_scale
+            if config.get("width_scale") is not None:  # --params/--flops: the solved factor
+                scale = float(config["width_scale"])
             if getattr(spec, "is_baseline", False):
                 net = spec.build(in_channels=1, num_classes=1, dims=3 if is3d else 2,
                                  image_size=24 if is3d else 64, width_scale=scale)
