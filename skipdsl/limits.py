@@ -25,7 +25,7 @@ def _max_params(limit: int | None) -> int:
     return int(float(env)) if env else MAX_PARAMS
 
 
-def estimate_params(dag, dims: int) -> dict[str, int]:
+def estimate_params(dag, dims: int, spec=None) -> dict[str, int]:
     """Approximate weights per node and edge of an expanded graph (conv weights only:
     ``k^d * c_in * c_out`` per convolution; norms, biases and heads are left out), keyed
     ``x_i_j`` and ``u->v``. A lower bound within a few percent for the built-in blocks."""
@@ -50,6 +50,16 @@ def estimate_params(dag, dims: int) -> dict[str, int]:
             total += int(p["kernel"]) ** dims * int(d.get("resampled") or 0) * int(p["channels"])
         if total:
             out[f"{u}->{v}"] = total
+    if spec is not None:  # output convolutions: heads, or a feature pyramid's levels
+        for h in spec.heads:
+            if h.node in dag:
+                out[f"head {h.node}"] = (h.kernel ** dims * int(dag.nodes[h.node]["width"])
+                                         * int(spec.num_classes))
+        if spec.pyramid is not None:
+            p = spec.pyramid
+            for n in p.nodes:
+                if n in dag:
+                    out[f"pyramid {n}"] = p.kernel ** dims * int(dag.nodes[n]["width"]) * p.channels
     return out
 
 
@@ -57,15 +67,21 @@ def check_size(spec, dag, max_params: int | None = None) -> None:
     """Raise a :class:`SpecError` naming the node or edge that holds the most weights when the
     graph's estimated size exceeds ``max_params`` (default :data:`MAX_PARAMS`)."""
     limit = _max_params(max_params)
-    est = estimate_params(dag, spec.dims)
+    est = estimate_params(dag, spec.dims, spec)
     total = sum(est.values())
     if total <= limit:
         return
     where, most = max(est.items(), key=lambda kv: kv[1])
-    node, edge = (None, tuple(where.split("->"))) if "->" in where else (where, None)
-    what = (f"edge {where} (projection/resampling to {dag.edges[edge]['channels']} channels)"
-            if edge else f"node {where} ({dag.nodes[where]['in_channels']} -> "
-            f"{dag.nodes[where]['width']} channels)")
+    if "->" in where:
+        node, edge = None, tuple(where.split("->"))
+        what = f"edge {where} (projection/resampling to {dag.edges[edge]['channels']} channels)"
+    elif " " in where:  # a head or a pyramid level
+        node, edge = where.split(" ", 1)[1], None
+        what = f"the {where.split(' ')[0]} on {node}"
+    else:
+        node, edge = where, None
+        what = (f"node {where} ({dag.nodes[where]['in_channels']} -> "
+                f"{dag.nodes[where]['width']} channels)")
     raise SpecError(
         f"the network would hold about {total:.3g} parameters, above the limit of {limit:.3g}; "
         f"the largest part is {what} with {most:.3g}",

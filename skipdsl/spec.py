@@ -39,6 +39,10 @@ def node_id(i: int, j: int) -> str:
     return f"x_{i}_{j}"
 
 
+#: The largest convolution kernel a spec may ask for (V-Net's are 5, nnU-Net's at most 7).
+MAX_KERNEL = 31
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=False, populate_by_name=True)
 
@@ -88,7 +92,7 @@ class Project(_Model):
     """An optional per-edge projection (UNet3+): conv k x k to ``channels`` + norm + act."""
 
     channels: int = Field(gt=0)
-    kernel: int = Field(3, gt=0)
+    kernel: int = Field(3, gt=0, le=MAX_KERNEL)
     norm: str | None = None
     act: str | None = None
 
@@ -98,7 +102,7 @@ class Block(_Model):
 
     type: str = "conv"
     repeats: int = Field(2, ge=1, le=8)
-    kernel: int = Field(3, gt=0)
+    kernel: int = Field(3, gt=0, le=MAX_KERNEL)
     norm: str = "batch"
     act: str = "relu"
     bias: bool = True
@@ -208,7 +212,7 @@ class Head(_Model):
 
     node: str
     type: str | None = None  # head registry (skipdsl.heads.HEADS): conv (default), vnet_output
-    kernel: int = Field(1, gt=0)
+    kernel: int = Field(1, gt=0, le=MAX_KERNEL)
     main: bool = False
     match: Literal["upsample", "pool"] = "upsample"
     cgm: Literal["unet3p", "full", "simple"] | None = None
@@ -224,7 +228,7 @@ class Pyramid(_Model):
 
     nodes: list[str] = Field(min_length=1)
     channels: int = Field(256, gt=0)
-    kernel: int = Field(3, gt=0)
+    kernel: int = Field(3, gt=0, le=MAX_KERNEL)
     pool: bool = True
 
 
