@@ -179,11 +179,16 @@ class TrialPlan:
 #: (as 20 epochs would): +450 core-s per (liver2d, seed) block, +~11 min on 2 cores, ~105 min
 #: for the 120 trials. Its 24 trials ran again; the other datasets' trials keep their keys
 #: (:func:`skipdsl.bench.runner.budget_fingerprint` hashes the budget as a trial gets it).
+#:
+#: mni2d (one real volume: 60 training slices, whatever ``n``) gets 30 epochs, so that a
+#: trial sees 1,800 training images, as the synthetic 2D sets do (109 x 10 = 1,090; liver2d
+#: 218 x 10 = 2,180); at 10 epochs it saw 600. Set before any mni2d result was looked at
+#: beyond two UNet 3+ trials (test IoU 0.58 and 0.50 at 10 epochs).
 CPU_BUDGET = Budget("cpu", epochs=10, n=128, width_scale=0.25, batch_size=4, patch=64,
                     loss="bce_dice", hd95=True, throughput_iters=2,
                     in_3d={"epochs": 6, "n": 24, "width_scale": 0.125, "batch_size": 2,
                            "patch": 32},
-                    per_dataset={"liver2d": {"n": 256}})
+                    per_dataset={"liver2d": {"n": 256}, "mni2d": {"epochs": 30}})
 
 #: ``quick``: the default of ``bench run``: the cpu recipe with less training, so that the whole
 #: zoo (8 configurations) on the five built-in datasets, one seed (40 trials), runs in <= 20
@@ -217,6 +222,13 @@ DEFAULTS: dict[str, Any] = {
     "epochs": None,
     "n": None,
     "widths": None,  # list per level or an int base
+    # one factor on every width of the spec instead of the budget's width_scale: set by
+    # bench run --params/--flops (skipdsl.sizing.scale_to), with the target it was solved for
+    # (recorded) and, for a target the model cannot reach, the reason the trial fails
+    "width_scale": None,
+    "size_target": None,
+    "size_value": None,  # the target's value on this dataset (params, or GFLOPs per image)
+    "size_error": None,
     "batch_size": None,
     "patch": None,  # training crop size (0: whole images); None: the budget's
     "lr": 1e-3,
@@ -343,7 +355,8 @@ def empty_result(cfg: dict[str, Any]) -> dict[str, Any]:
         "deep_supervision": bool(cfg["deep_supervision"]), "budget": cfg["budget"],
         "loss": None, "iou": nan, "dice": nan, "iou_std": nan, "dice_std": nan, "hd95": nan,
         "fp_empty": nan, "n_cases": 0, "params": 0, "gflops": nan, "images_per_s": nan,
-        "train_seconds": 0.0, "epochs": 0, "best_epoch": -1, "spec_hash": None,
+        "train_seconds": 0.0, "peak_train_mb": None, "epochs": 0, "best_epoch": -1,
+        "spec_hash": None,
         "device": None, "curve": [], "splits": {}, "cases": None, "samples": None,
         "pruning": [], "fast": None, "fast_skipped": "", "config": dict(cfg),
     }

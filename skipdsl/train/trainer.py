@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 import torch
 
+from ..errors import SpecError
 from ..heads import init_heads
 from .augment import AugmentConfig, augment_batch, random_crop
 from .common import (BUDGETS, CPU_BUDGET, DEFAULTS, INSTANCE_BUDGETS, QUICK_BUDGET, Budget,
@@ -208,6 +209,11 @@ def _train_and_evaluate(cfg: dict[str, Any],
     # -- model -----------------------------------------------------------------------------
     if dims != plan.dims:  # a family member's dimensions are known once its files are read
         plan = plan_trial(cfg, dims=dims)
+    if cfg["size_error"]:  # bench run --params/--flops: this model cannot reach the target
+        raise SpecError(cfg["size_error"])
+    scale = plan.width_scale
+    if cfg["width_scale"] is not None:  # matched size: the factor solved for this model
+        scale = float(cfg["width_scale"])
     widths = cfg["widths"]
     widths = list(widths) if isinstance(widths, (list, tuple)) else widths
     use_ds = bool(cfg["deep_supervision"]) and len(spec.heads) > 1
@@ -216,7 +222,7 @@ def _train_and_evaluate(cfg: dict[str, Any],
     model = create_model(spec if isinstance(spec, Spec) else spec.name,
                          in_channels=int(ds.in_channels), num_classes=int(ds.num_classes),
                          dims=dims, widths=widths,
-                         width_scale=plan.width_scale if widths is None else None,
+                         width_scale=scale if widths is None else None,
                          deep_supervision=use_ds, cgm=cfg["cgm"],
                          image_size=tuple(images.shape[2:]), patch=plan.patch,
                          spacing=ds.meta.get("spacing")).to(device)
@@ -279,6 +285,8 @@ def _train_and_evaluate(cfg: dict[str, Any],
                       train_seconds=time.perf_counter() - t0)
         return result
     train_seconds = time.perf_counter() - t0
+    peak_mb = _peak_step_mb(model, cfg, loss_fn, train_x, train_y, bs, patch, aug, fast,
+                            memory_format)
     if best[2] is not None:
         model.load_state_dict(best[2])
 
@@ -315,7 +323,10 @@ def _train_and_evaluate(cfg: dict[str, Any],
         gflops=float(gflops(infer, shape)),
         images_per_s=_throughput(fast.inference(infer, fn=forward if infer is model else None),
                                  shape, eval_bs, iters, device, is3d),
-        train_seconds=train_seconds, epochs=len(curve), best_epoch=int(best[1]),
+        train_seconds=train_seconds, peak_train_mb=peak_mb, epochs=len(curve),
+        best_epoch=int(best[1]),
+        width_scale=None if getattr(spec, "is_baseline", False) else scale,
+        size_target=cfg["size_target"], size_value=cfg["size_value"],
         curve=curve, cases=cases, pruning=pruning, widths=list(infer.spec.widths),
         dims=dims, in_channels=int(ds.in_channels), num_classes=int(ds.num_classes),
         samples=overlay_samples(raw_images[test_idx], test_y, probs, test_ids,
@@ -374,3 +385,41 @@ def _pruning_levels(model, test_x, test_y, shape, eval_bs, device, iters, cfg,
                                                 eval_bs, iters, device, len(shape) == 4),
                     "iou": agg["iou"], "dice": agg["dice"]})
     return out
+
+
+def _peak_step_mb(model, cfg, loss_fn, train_x, train_y, bs, patch, aug, fast,
+                  memory_format) -> float | None:
+    """Peak memory (MB) of one of the trial's training steps, measured: a copy of the model
+    and a fresh optimiser run one :func:`train_epoch` step (same batch size, patch, loss and
+    augmentation) under PyTorch's ``MemTracker`` (``torch.distributed._tools.mem_tracker``:
+    live parameters, gradients, optimiser state, activations and temporaries, tracked by
+    tensor lifetime, so it also works on the CPU, where the allocator keeps freed pages and
+    the process's resident memory does not show a step's peak). On CUDA the same figure is
+    ``torch.cuda.max_memory_allocated``. None when it cannot be measured (the tracker is a
+    private PyTorch API). The trial's random streams are left untouched."""
+    try:
+        from torch.distributed._tools.mem_tracker import MemTracker
+    except Exception:  # noqa: BLE001 - an optional measurement
+        return None
+    try:
+        with torch.random.fork_rng(devices=[]):
+            net = copy.deepcopy(model).train()
+            opt, sched, _ = recipe(net, cfg, 1)
+            gen = torch.Generator(device=train_x.device).manual_seed(0)
+            step = dict(epoch=0, batch_size=bs, steps=1, patch=patch, aug=aug, generator=gen,
+                        fast=fast, memory_format=memory_format)
+            if train_x.device.type == "cuda":
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats(train_x.device)
+                base = torch.cuda.memory_allocated(train_x.device)
+                train_epoch(net, opt, sched, loss_fn, train_x, train_y, **step)
+                torch.cuda.synchronize()
+                return (torch.cuda.max_memory_allocated(train_x.device) - base) / 2**20
+            tracker = MemTracker()
+            tracker.track_external(net, opt)
+            with tracker:
+                train_epoch(net, opt, sched, loss_fn, train_x, train_y, **step)
+            peak = tracker.get_tracker_snapshot("peak")
+            return float(sum(v.get("Total", 0) for v in peak.values())) / 2**20
+    except Exception:  # noqa: BLE001 - a measurement never fails a trial
+        return None
