@@ -384,8 +384,10 @@ def compile(
     backward pass instead of storing them (selective activation checkpointing, Korthikanti et
     al. 2022, "Reducing Activation Recomputation in Large Transformer Models"; PyTorch's
     ``torch.utils.checkpoint.create_selective_checkpoint_contexts``): every other activation
-    is kept, so the extra work is the resamplings alone and the gradients, outputs and
-    BatchNorm statistics are those of ``"none"``. UNet#'s and UNet 3+'s full-scale skips
+    is kept, so the extra work is the resamplings alone and the outputs and BatchNorm
+    statistics are those of ``"none"``, the gradients too (bitwise, but where a pooling that
+    ``"none"`` emits once for two nodes is recomputed per node: its gradients are then summed
+    in another order, float rounding apart). UNet#'s and UNet 3+'s full-scale skips
     upsample deep maps to full resolution: their copies are most of a training step's memory.
     """
     if recompute is not None and recompute not in RECOMPUTE:
