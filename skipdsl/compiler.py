@@ -22,6 +22,7 @@ from torch.fx.graph_module import _copy_attr
 from .errors import SpecError
 from .graph import INPUT, build_graph, topo_order
 from .heads import CGMS, HEADS, CGMGate
+from .limits import check_size
 from .layers import BLOCKS, RESAMPLERS, ConvNormAct, channel_dropout, init_he, linear_mode
 from .spec import Head, Spec, load
 
@@ -364,6 +365,7 @@ def compile(
     backbone: str | None = None,
     weights: str | None = None,
     recompute: str | None = None,
+    max_params: int | None = None,
 ) -> fx.GraphModule:
     """Compile a spec (zoo name, path or ``Spec``) into a PyTorch module.
 
@@ -389,6 +391,10 @@ def compile(
     ``"none"`` emits once for two nodes is recomputed per node: its gradients are then summed
     in another order, float rounding apart). UNet#'s and UNet 3+'s full-scale skips
     upsample deep maps to full resolution: their copies are most of a training step's memory.
+
+    A spec whose graph would hold more than ``max_params`` weights (default
+    :data:`skipdsl.limits.MAX_PARAMS`, 1e9, or ``$SKIPDSL_MAX_PARAMS``) is refused with a
+    :class:`SpecError` naming the node or edge responsible, before anything is allocated.
     """
     if recompute is not None and recompute not in RECOMPUTE:
         raise SpecError(f"unknown recompute '{recompute}'", expected=" | ".join(RECOMPUTE),
@@ -401,6 +407,7 @@ def compile(
         data.setdefault("decoder", {})["checkpoint"] = checkpoint
         spec = spec.replace(decoder=data["decoder"])
     dag = build_graph(spec)
+    check_size(spec, dag, max_params)
     heads, as_dict = _outputs(spec)
     root, encoder = _build_modules(spec, dag, heads, spec.cgm)
     if spec.init == "he":
