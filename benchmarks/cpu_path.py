@@ -13,7 +13,7 @@ order, ``--steps`` steps each), best and median images/s:
 - ``hand``: the hand-written reference (:mod:`skipdsl.bench.reference_models`, the same weights)
   in eager mode, contiguous memory (DS off only: the references have one head);
 - ``compiled``: ``skipdsl.compile``, contiguous (the trainer's CPU default before issue 24);
-- ``compiled+cl``: channels_last model and batches (the trainer's CPU default now);
+- ``compiled+cl``: channels_last model and batches (the trainer's ``channels_last: true``);
 - ``compiled+cl+recompute``: with ``recompute="resample"`` as well;
 - with ``--compile``: ``compiled+cl+compile``, torch.compile (inductor) of the training model;
   its warm-up (first steps, compilation included) is reported apart.

@@ -223,13 +223,6 @@ def test_trainer_fast_path_precedence_and_legacy_keys():
     off = fast_path(resolve_config({**base, "fast": "off"}), spec_on, "cuda")
     assert off.applied == ("bf16", "channels_last")  # amp/channels_last 'auto' on CUDA, as before
     assert fast_path(resolve_config(base), skipdsl.load("unet"), "cpu").applied == ()
-    # channels_last 'auto' on the CPU: 2D data only (issue 24: faster there, not in 3D)
-    assert fast_path(resolve_config(base), skipdsl.load("unet"), "cpu", 2).applied == (
-        "channels_last",)
-    assert fast_path(resolve_config(base), skipdsl.load("unet"), "cpu", 3).applied == ()
-    no_cl = fast_path(resolve_config({**base, "channels_last": False}), skipdsl.load("unet"),
-                      "cpu", 2)
-    assert no_cl.applied == ()
     no_amp = fast_path(resolve_config({**base, "amp": False}), spec_on, "cuda")
     assert not no_amp.bf16 and no_amp.skipped["bf16"] == "amp: false in the config"
     forced = fast_path(resolve_config({**base, "amp": True, "fast": "on"}), spec_on, "cpu")
@@ -241,9 +234,8 @@ def test_trainer_fast_path_precedence_and_legacy_keys():
 def test_trainer_runs_fast_on_cpu_and_records_what_it_applied(cache_dir):
     r = train_and_evaluate(_cfg(cache_dir, fast="on"))
     assert r["status"] == "ok", r["reason"]
-    # 'on' leaves every part out on CPU; channels_last 'auto' adds it back for 2D data
-    assert r["fast"] == "channels_last" and r["config"]["fast"] == "on"
-    assert all(f"{p}: " in r["fast_skipped"] for p in PARTS if p != "channels_last")
+    assert r["fast"] == "off" and r["config"]["fast"] == "on"
+    assert all(f"{p}: " in r["fast_skipped"] for p in PARTS)
     assert r["images_per_s"] > 0 and 0 <= r["iou"] <= 1
 
 
@@ -264,7 +256,7 @@ def test_trainer_spec_fast_with_deep_supervision_and_pruning(cache_dir):
 def test_bench_run_fast_overrides_the_spec(tmp_path, cache_dir, capsys):
     from skipdsl.bench import cli
 
-    spec = skipdsl.load("unet").replace(fast="channels_last,cuda_graphs")
+    spec = skipdsl.load("unet").replace(fast="channels_last")
     path = tmp_path / "unet_cl.yaml"
     path.write_text(spec.to_yaml())
     common = ["run", "--backend", "local", "--models", str(path), "--datasets", "nuclei2d",
@@ -277,11 +269,7 @@ def test_bench_run_fast_overrides_the_spec(tmp_path, cache_dir, capsys):
         (result,) = [json.loads(p.read_text()) for p in out.glob("trials/*/result.json")]
         results[name] = result
     assert results["spec"]["fast"] == "channels_last"
-    assert results["spec"]["fast_skipped"] == "cuda_graphs: needs a CUDA device"
-    assert results["cli"]["fast_skipped"] == ""  # the command line's off, not the spec's parts
-    # --fast off; channels_last 'auto' still applies on the CPU in 2D (as on CUDA)
-    assert results["cli"]["fast"] == "channels_last"
-    assert results["cli"]["config"]["fast"] == "off"
+    assert results["cli"]["fast"] == "off" and results["cli"]["config"]["fast"] == "off"
     assert results["spec"]["trial_key"] == results["cli"]["trial_key"]  # same trial, run faster
     assert cli.build_parser().parse_args(["run", "--fast"]).fast == "on"
     assert cli.build_parser().parse_args(["run"]).fast is None
