@@ -6,6 +6,7 @@
     bench list
     bench datasets show nuclei2d -o nuclei.png
     bench speed ...            (skipdsl.bench.speed: compiled vs hand-written models)
+    bench memory ...           (skipdsl.bench.memory: training-step memory, recompute)
     bench gpu-suite ...        (skipdsl.bench.gpu_suite: every owed GPU figure in 8 minutes)
 """
 from __future__ import annotations
@@ -95,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fast path, over the specs' fast: (bare --fast = on: bf16, "
                    "channels_last, torch.compile, CUDA-graph inference on CUDA, none on CPU); "
                    "off, or parts: bf16,channels_last,compile,cuda_graphs (skipdsl/fast.py)")
+    r.add_argument("--recompute", default=None, choices=["none", "resample"],
+                   help="resample: the backward pass recomputes resampled tensors and "
+                   "concatenations instead of storing them (less memory, the same gradients; "
+                   "not part of the trial key); default: the specs' recompute, else none")
     r.add_argument("--retry-failed", action="store_true", help="re-run failed trials")
     r.add_argument("--no-weights", action="store_true",
                    help="keep no model.pt/spec.yaml per trial (saves disk)")
@@ -148,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 #: Subcommands that hand their whole argv to a module's ``main(argv, prog)``.
 FORWARDED = {"speed": ("skipdsl.bench.speed", "compiled models vs hand-written ones"),
+             "memory": ("skipdsl.bench.memory", "training-step peak memory and time: "
+                        "hand-written, compiled, recompute"),
              "gpu-suite": ("skipdsl.bench.gpu_suite", "every owed GPU figure, 8 minutes")}
 
 
@@ -174,7 +181,8 @@ def _cmd_run(a: argparse.Namespace) -> int:
                  "data_root": a.data_root, "cache_dir": a.cache_dir, "device": a.device,
                  "cgm": a.cgm, "head_init": a.head_init,
                  "save_weights": False if a.no_weights else None,
-                 "fast": None if a.fast is None else normalize(a.fast)}
+                 "fast": None if a.fast is None else normalize(a.fast),
+                 "recompute": a.recompute}
     size = None
     if a.params or a.flops:
         from skipdsl.sizing import parse_size
