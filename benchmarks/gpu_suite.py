@@ -20,6 +20,9 @@ arithmetic, and tests/test_gpu_suite.py checks that it matches these numbers):
   Table 1's figures are test IoU, which sharing the GPU does not change.
 - ``speed-2d-fast``: ``benchmarks/speed.py --fast`` (bf16, channels_last, torch.compile, CUDA-graph
   inference) on the five models, UNet# first.
+- ``memory-2d``: ``benchmarks/memory.py``, UNet# and UNet 3+ at
+  96x96 batch 128, bf16 + channels_last: the peak memory and time of a training step, hand-
+  written, compiled and ``recompute="resample"`` (the <= 12 GB target).
 - ``speed-3d``, ``speed-3d-fast``: UNet# (V-Net# widths) at 64^3 batch 4, eager and fast.
 - ``trials-per-hour``: ``benchmarks/trials_per_hour.py``, 4 UNet# trials one at a time
   against 4 sharing the GPU (0.25 each), through Ray.
@@ -122,14 +125,17 @@ class Stage:
 STAGES: tuple[Stage, ...] = (
     Stage("speed-2d", 50, 40, "bench speed, 5 zoo models, eager fp32, 2D 96x96 batch 128",
           dry_beside="table1"),
-    Stage("table1", 220, 85, "bench run: 5 models x nuclei2d, liver2d x DS off/on, 1 seed, "
+    Stage("table1", 185, 85, "bench run: 5 models x nuclei2d, liver2d x DS off/on, 1 seed, "
           "Ray, 0.25 GPU a trial"),
-    Stage("compile-warm", 220, 85, "bench speed --compile-only --fast: torch.compile's caches "
+    Stage("compile-warm", 185, 85, "bench speed --compile-only --fast: torch.compile's caches "
           "for the fast stages", beside="table1"),
-    Stage("fast-path", 220, 85, "CUDA graphs, bf16, channels_last, compile, a train step and "
+    Stage("fast-path", 185, 85, "CUDA graphs, bf16, channels_last, compile, a train step and "
           "the trainer vs eager fp32", beside="table1"),
     Stage("speed-2d-fast", 75, 40, "bench speed --fast (bf16, channels_last, compile, CUDA "
           "graphs), 5 models, 2D", dry_beside="table1"),
+    Stage("memory-2d", 35, 40, "benchmarks/memory.py: UNet#, UNet 3+ training-step peak GB and time, "
+          "hand-written / compiled / recompute=resample, 96x96 batch 128, bf16 + channels_last",
+          dry_beside="trials-per-hour"),
     Stage("speed-3d", 15, 45, "bench speed --dims 3, UNet# (V-Net# widths), 64^3 batch 4",
           dry_beside="trials-per-hour"),
     Stage("speed-3d-fast", 30, 45, "bench speed --dims 3 --fast, UNet#",
@@ -216,6 +222,21 @@ def table1_command(cfg: Config) -> list[str]:
     return cfg.bench(*common, "--budget", "short", "--epochs", "10", "--gpus-per-trial", "0.25")
 
 
+def memory_command(cfg: Config) -> list[str]:
+    """``benchmarks/memory.py``: peak training-step memory of the hand-written, compiled and
+    ``recompute="resample"`` UNet# (and UNet 3+), bf16 + channels_last (torch.compile's warm-up
+    of the recompute graphs would not fit the stage's limit)."""
+    if cfg.dry:
+        shape = ["--models", "unetsharp", "--size", "16", "--batch", "2",
+                 "--widths", "4,8,16,32,64", "--iters", "1", "--reps", "1", "--threads", "1"]
+    else:
+        shape = ["--models", "unetsharp,unet3p", "--size", "96", "--batch", "128",
+                 "--iters", "2", "--reps", "3"]
+    return cfg.script("memory.py", "--device", cfg.device, *shape, "--fast",
+                      "bf16,channels_last", "--out", cfg.path("memory_2d.md"), "--json",
+                      cfg.path("memory_2d.json"))
+
+
 def plan(cfg: Config) -> dict[str, list[list[str]]]:
     """Each stage's commands, run one after another within its limit."""
     tph = ["--device", cfg.device, "--no-warmup", "--no-progress", *_cache(cfg),
@@ -241,6 +262,7 @@ def plan(cfg: Config) -> dict[str, list[list[str]]]:
                                  *_cache(cfg), "--out", cfg.path("fastpath.md"),
                                  "--json", cfg.path("fastpath.json"))],
         "speed-2d-fast": [_speed(cfg, "speed_2d_fast", fast=True)],
+        "memory-2d": [memory_command(cfg)],
         "speed-3d": [_speed(cfg, "speed_3d", fast=False, dims=3, models=["unetsharp"])],
         "speed-3d-fast": [_speed(cfg, "speed_3d_fast", fast=True, dims=3, models=["unetsharp"])],
         "trials-per-hour": [cfg.script("trials_per_hour.py", *tph)],
@@ -255,6 +277,7 @@ OUTPUTS = {
                      "compile_warm_2d_others.json"],
     "fast-path": ["fastpath.md", "fastpath.json"],
     "speed-2d-fast": ["speed_2d_fast.md", "speed_2d_fast.json"],
+    "memory-2d": ["memory_2d.md", "memory_2d.json"],
     "speed-3d": ["speed_3d.md", "speed_3d.json"],
     "speed-3d-fast": ["speed_3d_fast.md", "speed_3d_fast.json"],
     "trials-per-hour": ["trials_per_hour.md", "trials_per_hour.json"],
@@ -654,6 +677,32 @@ def _compile_warm(out: Path) -> list[str]:
             + "; ".join(parts) + "."]
 
 
+def _memory(out: Path) -> list[str]:
+    data = _read_json(out / "memory_2d.json")
+    if not data or not data.get("rows"):
+        return ["No model measured."]
+    kinds = ("hand", "compiled", "recompute")
+    table = []
+    for r in data["rows"]:
+        if r.get("error"):
+            table.append([r["model"], r["error"]] + ["-"] * 8)
+            continue
+        mb, ms = r["peak_mb"], r["step_ms"]
+        table.append([r["model"]] + [_n(_gb(mb[k]), "{:.2f}") for k in kinds]
+                     + [f"{mb['recompute'] / mb['hand']:.2f}"]
+                     + [_n(data["batch"] * 1e3 / ms[k]) for k in kinds]
+                     + [f"{r['time_ratio']['recompute']:.2f}",
+                        "exact" if r["grad_diff"] == 0 else _n(r["grad_diff"], "{:.1e}")])
+    lines = [f"`benchmarks/memory.py`, batch {data['batch']}, {data['size']}x{data['size']}, fast path "
+             f"{data['fast']}: peak GB of one training step above what was allocated before "
+             "it, train img/s, recompute's step time / the hand-written one's, and "
+             "recompute's gradients against compiled's. Target (UNet#, recompute): <= 12 GB at "
+             ">= 1,000 train img/s.", ""]
+    return lines + md_table(["model", "peak GB hand", "compiled", "recompute",
+                             "recompute / hand", "img/s hand", "compiled", "recompute",
+                             "time ratio recompute", "grads"], table)
+
+
 def summary_markdown(out: Path, suite: dict, info: dict[str, str]) -> str:
     dry = suite["dry_run"]
     stages = suite["stages"]
@@ -686,6 +735,7 @@ def summary_markdown(out: Path, suite: dict, info: dict[str, str]) -> str:
               "H100 (fast: bf16 + channels_last + compile, mode reduce-overhead). fast rel "
               "diff: the compiled model's fast-path inference vs its eager fp32 forward.", "",
               *_speed_table(rows), "",
+              "## Training-step memory: recompute", "", *_memory(out), "",
               "## Fast path vs eager fp32", "", *_fastpath(out), "",
               "## Table 1, reduced", "", *_table1(out, dry), "",
               "Table 1 ran beside compile-warm and fast-path on the same GPU: its IoU is "

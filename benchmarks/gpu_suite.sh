@@ -32,9 +32,10 @@
 # runs beside another, within that one's limit. The dry run groups its stages differently (its
 # toy stages time nothing, and each process spends most of its seconds importing torch and
 # MONAI on one core): speed-2d, speed-2d-fast, compile-warm and fast-path beside table1
-# (85 s), speed-3d and speed-3d-fast beside trials-per-hour (90 s). Measured on 2 quiet cores
-# with torch 2.14.1 (tests/test_gpu_suite.py): table1 67 s with the four beside it (27-44 s
-# each), trials-per-hour 73 s with the 3D pair (19 s each); 150 s in all.
+# (85 s), speed-3d, speed-3d-fast and memory-2d beside trials-per-hour (90 s). Measured on
+# 2 quiet cores with torch 2.14.1 (tests/test_gpu_suite.py), before memory-2d joined: table1 67 s
+# with the four beside it (27-44 s each), trials-per-hour 73 s with the 3D pair (19 s each);
+# 150 s in all.
 #
 #   stage            GPU  dry  what
 #   setup             20    0  the wheel bundle into /tmp/site (below; the dry run has none)
@@ -43,21 +44,26 @@
 #                              + 2 memory steps = 9 train and 9 infer steps a kind; UNet 3+
 #                              (160 / 389 img/s in REFERENCE.md) 18 x 0.8 s + 18 x 0.33 s = 20
 #                              s, UNet# 15, UNet++ 5, WUNet 3, UNet 2, start-up 5: about 50
-#   table1           220   85  16 trials (unet, wunet: DS off; unetpp, unet3p, unetsharp: off
+#   table1           185   85  16 trials (unet, wunet: DS off; unetpp, unet3p, unetsharp: off
 #                              and on; x nuclei2d, liver2d), --budget short --epochs 10 (272
 #                              train images, batch 16: 170 steps), 4 at a time at 0.25 GPU:
 #                              a trial ~12 s fixed (worker start, CUDA, data, 200 test images,
 #                              pruning levels) + 170 steps x <= 0.15 s sharing the GPU = ~38 s,
 #                              4 waves = ~150 s, + Ray start and the datasets' generation ~20 s
-#                              = ~170 s expected, stopped at 220 (about 4 minutes in all)
-#     compile-warm  (220) (85) beside table1, +0: bench speed --compile-only --fast, UNet# 2D,
+#                              = ~170 s expected, stopped at 185 (about 3 minutes in all)
+#     compile-warm  (185) (85) beside table1, +0: bench speed --compile-only --fast, UNet# 2D,
 #                              UNet# 3D, then the other four: torch.compile's on-disk caches
 #                              (FX graph, AOT autograd, Triton) for the stages below
-#     fast-path     (220) (85) beside table1, +0: CUDA graphs, bf16, channels_last, compile,
+#     fast-path     (185) (85) beside table1, +0: CUDA graphs, bf16, channels_last, compile,
 #                              all parts, a train step, the trainer with fast: on; vs eager
 #   speed-2d-fast     75  (40) bench speed --fast, UNet# first: with warm caches ~5-10 s of
 #                              tracing and capture a kind, then timing; what is not reached by
 #                              75 s is listed as not measured
+#   memory-2d         35  (40) memory.py, UNet# and UNet 3+, 96x96 batch 128, bf16 +
+#                              channels_last: hand-written, compiled, recompute=resample, 1
+#                              warm-up + 1 gradient check + 1 memory + 3 x 2 timed = 9 steps a
+#                              kind: UNet# (~0.25 s a step) ~7 s + start-up ~10 s; UNet 3+
+#                              (~0.8 s a step, ~22 s) after it, kept if the limit allows
 #   speed-3d          15  (45) UNet# (V-Net# widths) 64^3 batch 4, eager
 #   speed-3d-fast     30  (45) the same with --fast
 #   trials-per-hour   55   90  4 UNet# trials (short, 2 epochs, 64 images) one at a time

@@ -199,13 +199,14 @@ def _model_builder(b: Baseline) -> Callable[..., nn.Module]:
     """``skipdsl.create_model(name, ...)`` of a baseline: :meth:`Baseline.build` with
     defaults (3 input channels, 1 class, its first dims, 96 pixels in 2D and 64 in 3D).
     ``widths`` (a ``--widths`` override) sets the width scale (:func:`scale_from_widths`);
-    ``deep_supervision`` and ``cgm`` are accepted and mean nothing here (one head, no CGM)."""
+    ``deep_supervision``, ``cgm`` and ``recompute`` are accepted and mean nothing here (one
+    head, no CGM, a library's own forward)."""
 
     def build(*, in_channels: int = 3, num_classes: int = 1, dims: int | None = None,
               image_size: int | Sequence[int] | None = None, patch: int | Sequence[int] = 0,
               spacing: float | Sequence[float] | None = None, width_scale: float | None = None,
               widths: int | Sequence[int] | None = None, deep_supervision: bool = False,
-              cgm: bool | None = None) -> nn.Module:
+              cgm: bool | None = None, recompute: str | None = None) -> nn.Module:
         dims = int(dims or b.dims[0])
         if width_scale is None:
             width_scale = 1.0 if widths is None else scale_from_widths(widths)

@@ -180,35 +180,85 @@ def _emit_node(graph: fx.Graph, spec: Spec, dag: nx.DiGraph, v: str,
     return graph.create_node("call_module", v, (agg,), name=v)
 
 
+#: ``recompute`` values: ``none`` stores every activation the backward pass needs (PyTorch's
+#: default); ``resample`` recomputes resampled tensors and concatenations instead.
+RECOMPUTE = ("none", "resample")
+#: The aten ops ``recompute="resample"`` recomputes in the backward pass: the stateless
+#: resamplings (interpolation, pooling) and the concatenation.
+_RESAMPLE_OPS = ("upsample_nearest2d", "upsample_nearest3d", "upsample_bilinear2d",
+                 "upsample_trilinear3d", "max_pool2d_with_indices", "max_pool3d_with_indices",
+                 "avg_pool2d", "avg_pool3d", "cat")
+
+
+def _resample_policy(ctx: Any, op: Any, *args: Any, **kwargs: Any) -> Any:
+    """Selective activation checkpointing's policy for ``recompute="resample"``: recompute the
+    resamplings and concatenations, keep every other op's output from the forward pass. A kept
+    op is not run again when the backward pass recomputes: a BatchNorm updates its running
+    statistics once, and a convolution is not computed twice."""
+    from torch.utils.checkpoint import CheckpointPolicy
+
+    name = getattr(getattr(op, "overloadpacket", None), "__name__", "")
+    return (CheckpointPolicy.PREFER_RECOMPUTE if name in _RESAMPLE_OPS
+            else CheckpointPolicy.MUST_SAVE)
+
+
+def _resample_contexts():
+    from torch.utils.checkpoint import create_selective_checkpoint_contexts
+
+    # the blocks' in-place activations (ReLU(inplace=True)) overwrite the cached output of the
+    # BatchNorm before them, as in eager mode: no backward formula reads a BatchNorm's output
+    # and the recomputed ops read the activation's, so the cache may be mutated
+    return create_selective_checkpoint_contexts(_resample_policy,
+                                                allow_cache_entry_mutation=True)
+
+
 class _Checkpointed:
     """Calls a node's own small graph (resampling, projections, concat, block) under
-    activation checkpointing: only the source tensors are kept for the backward pass."""
+    activation checkpointing: only the source tensors are kept for the backward pass. With
+    ``selective`` (``recompute="resample"``) only the resamplings and the concatenation are
+    recomputed (PyTorch's selective activation checkpointing, :func:`_resample_policy`): the
+    large upsampled copies of small tensors are not stored, everything else is."""
 
-    def __init__(self, name: str, fn: fx.GraphModule) -> None:
-        self.__name__ = f"checkpoint_{name}"
+    def __init__(self, name: str, fn: fx.GraphModule, selective: bool = False) -> None:
+        self.__name__ = f"{'recompute' if selective else 'checkpoint'}_{name}"
         self.fn = fn
+        self.selective = selective
 
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
             from torch.utils.checkpoint import checkpoint
 
+            if self.selective:
+                return checkpoint(self.fn, *inputs, use_reentrant=False,
+                                  context_fn=_resample_contexts)
             return checkpoint(self.fn, *inputs, use_reentrant=False)
         return self.fn(*inputs)
 
 
-def _checkpointed_node(spec: Spec, dag: nx.DiGraph, v: str, root: nn.Module) -> _Checkpointed:
+def _recomputes(spec: Spec, dag: nx.DiGraph, v: str) -> bool:
+    """Whether ``recompute="resample"`` has something to recompute in node ``v``: a stateless
+    resampling on one of its edges, or a concatenation of several inputs."""
+    ins = list(dag.in_edges(v, data=True))
+    stateless = any(d["op"] != "identity" and not RESAMPLERS.get(d["op"]).learnable
+                    for _, _, d in ins)
+    return stateless or (len(ins) > 1 and dag.nodes[v]["aggregate"] == "concat")
+
+
+def _checkpointed_node(spec: Spec, dag: nx.DiGraph, v: str, root: nn.Module,
+                       selective: bool = False) -> _Checkpointed:
     sub = fx.Graph()
     srcs = [u for u, _, _ in sorted(dag.in_edges(v, data=True), key=lambda e: e[2]["order"])]
     values = {u: sub.placeholder(u) for u in srcs}
     out = _emit_node(sub, spec, dag, v, values, {}, getattr(root, "edges", nn.Module()))
     sub.output(out)
     # not a child module: it refers to the root's own modules, so no parameter is duplicated
-    return _Checkpointed(v, fx.GraphModule(root, sub, class_name=f"node_{v}"))
+    return _Checkpointed(v, fx.GraphModule(root, sub, class_name=f"node_{v}"), selective)
 
 
 def _emit(spec: Spec, dag: nx.DiGraph, heads: list[Head], use_cgm: bool,
-          as_dict: bool, root: nn.Module) -> fx.Graph:
-    """Write the forward as an fx graph, one named node per operation."""
+          as_dict: bool, root: nn.Module, recompute: str = "none") -> fx.Graph:
+    """Write the forward as an fx graph, one named node per operation (with ``recompute``
+    ``resample``: one call per node that resamples or concatenates, its own graph inside)."""
     dims = spec.dims
     graph = fx.Graph()
     x = graph.placeholder("x")
@@ -225,9 +275,10 @@ def _emit(spec: Spec, dag: nx.DiGraph, heads: list[Head], use_cgm: bool,
     for v in topo_order(dag):
         if v == INPUT or v not in needed:
             continue
-        if dag.nodes[v]["checkpoint"]:
+        full = dag.nodes[v]["checkpoint"]
+        if full or (recompute == "resample" and _recomputes(spec, dag, v)):
             srcs = [u for u, _, _ in sorted(dag.in_edges(v, data=True), key=lambda e: e[2]["order"])]
-            fn = _checkpointed_node(spec, dag, v, root)
+            fn = _checkpointed_node(spec, dag, v, root, selective=not full)
             values[v] = graph.create_node("call_function", fn, tuple(values[u] for u in srcs),
                                           name=v)
         else:
@@ -313,6 +364,7 @@ def compile(
     checkpoint: bool | None = None,
     backbone: str | None = None,
     weights: str | None = None,
+    recompute: str | None = None,
     max_params: int | None = None,
 ) -> fx.GraphModule:
     """Compile a spec (zoo name, path or ``Spec``) into a PyTorch module.
@@ -328,10 +380,25 @@ def compile(
     weights (spec: ``encoder: {backbone, weights}``; :mod:`skipdsl.backbones`). A spec with
     ``pyramid:`` returns its feature maps instead of logits: ``{'0': ..., 'pool': ...}``, one
     output conv per level (:mod:`skipdsl.detection` wraps it for torchvision's Mask R-CNN).
+
+    ``recompute="resample"`` (spec: ``recompute: resample``; ``None`` keeps the spec's, else
+    ``"none"``) recomputes the resampled tensors and the concatenations built from them in the
+    backward pass instead of storing them (selective activation checkpointing, Korthikanti et
+    al. 2022, "Reducing Activation Recomputation in Large Transformer Models"; PyTorch's
+    ``torch.utils.checkpoint.create_selective_checkpoint_contexts``): every other activation
+    is kept, so the extra work is the resamplings alone and the outputs and BatchNorm
+    statistics are those of ``"none"``, the gradients too (bitwise, but where a pooling that
+    ``"none"`` emits once for two nodes is recomputed per node: its gradients are then summed
+    in another order, float rounding apart). UNet#'s and UNet 3+'s full-scale skips
+    upsample deep maps to full resolution: their copies are most of a training step's memory.
+
     A spec whose graph would hold more than ``max_params`` weights (default
     :data:`skipdsl.limits.MAX_PARAMS`, 1e9, or ``$SKIPDSL_MAX_PARAMS``) is refused with a
     :class:`SpecError` naming the node or edge responsible, before anything is allocated.
     """
+    if recompute is not None and recompute not in RECOMPUTE:
+        raise SpecError(f"unknown recompute '{recompute}'", expected=" | ".join(RECOMPUTE),
+                        found=recompute, hint="recompute='resample' stores less for more compute")
     spec = load(spec).with_backbone(backbone, weights).replace(
         in_channels=in_channels, num_classes=num_classes, dims=dims, widths=widths,
         deep_supervision=deep_supervision, cgm=cgm)
@@ -347,8 +414,11 @@ def compile(
         init_he(root)
     if encoder is not None and spec.encoder.weights not in (None, "none"):
         encoder.load(spec.encoder.weights, spec_file=spec.source)  # after init: kept as loaded
-    graph = _emit(spec, dag, heads, spec.cgm, as_dict, root)
-    return _finish(root, graph, spec, dag, heads, as_dict, spec.cgm)
+    recompute = recompute or spec.recompute or "none"
+    graph = _emit(spec, dag, heads, spec.cgm, as_dict, root, recompute)
+    gm = _finish(root, graph, spec, dag, heads, as_dict, spec.cgm)
+    gm.recompute = recompute
+    return gm
 
 
 def prune(model: fx.GraphModule, level: int, *, deep_supervision: bool = False) -> fx.GraphModule:
@@ -379,9 +449,10 @@ def prune(model: fx.GraphModule, level: int, *, deep_supervision: bool = False) 
     heads = [by_node[node]] + lower
     use_cgm = model.uses_cgm and any(h.cgm for h in heads)
     graph = _emit(spec, dag, heads if deep_supervision else heads[:1], use_cgm,
-                  deep_supervision or use_cgm, model)
+                  deep_supervision or use_cgm, model, getattr(model, "recompute", "none"))
     gm = _finish(model, graph, spec, dag.subgraph(keep).copy(), heads,
                  deep_supervision or use_cgm, use_cgm)
+    gm.recompute = getattr(model, "recompute", "none")
     for h in lower:  # held (and counted) even when forward does not use them
         if not hasattr(gm.heads, h.node):
             gm.heads.add_module(h.node, getattr(model.heads, h.node))
@@ -436,8 +507,11 @@ def subnetwork(model: fx.GraphModule, spec: "Spec | str | Path") -> fx.GraphModu
         raise SpecError("the superset model has no head (or CGM) for this sub-network",
                         file=spec.source, node=(missing or [heads[0].node])[0],
                         hint="compile the superset with the same heads")
-    graph = _emit(spec, dag, heads, spec.cgm, as_dict, model)
-    return _finish(model, graph, spec, dag, heads, as_dict, spec.cgm)
+    recompute = getattr(model, "recompute", "none")
+    graph = _emit(spec, dag, heads, spec.cgm, as_dict, model, recompute)
+    gm = _finish(model, graph, spec, dag, heads, as_dict, spec.cgm)
+    gm.recompute = recompute
+    return gm
 
 
 def main_logits(model: nn.Module, out: Any) -> torch.Tensor:

@@ -293,6 +293,9 @@ class Spec(_Model):
     init: Literal["he", "torch"] = "he"
     # how to run it, not what it is: off | on | a list of parts (skipdsl.fast); not hashed
     fast: str | None = None
+    # none | resample (skipdsl.compile's recompute): what the backward pass recomputes instead
+    # of storing; the same gradients, so not hashed either
+    recompute: Literal["none", "resample"] | None = None
     source: str | None = Field(None, exclude=True)
 
     @field_validator("fast", mode="before")
@@ -397,8 +400,9 @@ class Spec(_Model):
 
     def hash(self) -> str:
         """A stable hash of the spec's content (graph-level canonical hash: skipdsl.graph).
-        ``fast`` says how to run the network, not what it is: it is left out."""
-        data = {k: v for k, v in self.to_dict().items() if k != "fast"}
+        ``fast`` and ``recompute`` say how to run the network, not what it is: they are left
+        out."""
+        data = {k: v for k, v in self.to_dict().items() if k not in ("fast", "recompute")}
         blob = json.dumps(data, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 

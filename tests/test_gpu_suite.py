@@ -70,6 +70,9 @@ def test_gpu_commands_are_the_owed_figures():
     assert "--concurrency 4" in cmds["trials-per-hour"][0]
     assert "benchmarks/fastcheck.py --device cuda" in cmds["fast-path"][0]
     assert "benchmarks/trials_per_hour.py" in cmds["trials-per-hour"][0]
+    (mem,) = cmds["memory-2d"]
+    assert "memory.py --device cuda --models unetsharp,unet3p --size 96 --batch 128" in mem
+    assert "--fast bf16,channels_last" in mem and "--out /o/memory_2d.md" in mem
 
 
 def _py(code: str) -> list[str]:
@@ -174,13 +177,17 @@ def test_dry_run_runs_every_stage_and_the_summary_lists_them(tmp_path):
         assert re.search(rf"^\| {s.name} \| .* \| done \| ", summary, re.M), s.name
     for section in ("## Targets", "## Speed against REFERENCE.md section 3",
                     "## Fast path vs eager fp32", "## Table 1, reduced", "## Trials per GPU-hour",
-                    "## Compile warm-up"):
+                    "## Compile warm-up", "## Training-step memory: recompute"):
         assert section in summary
     assert "3 of 3 trials ok" in summary  # the dry run's table1: unet, unetsharp x DS
     assert "| 2 sharing | 0 | 2/2 |" in summary
     speed = json.loads((out / "speed_2d.json").read_text())
     assert [r["model"] for r in speed["rows"]] == gs.DRY_MODELS["speed"]
     assert speed["pending"] == []
+    memory = json.loads((out / "memory_2d.json").read_text())
+    assert [r["model"] for r in memory["rows"]] == ["unetsharp"]
+    assert memory["rows"][0]["error"] is None and memory["rows"][0]["grad_diff"] == 0.0
+    assert re.search(r"^\| unetsharp \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \| ", summary, re.M)
     checks = json.loads((out / "fastpath.json").read_text())["checks"]
     assert {c["name"]: c["status"] for c in checks} == {
         "cuda_graphs": "ok", "bf16": "ok", "channels_last": "ok", "all_parts": "skipped",

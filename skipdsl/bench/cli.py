@@ -7,8 +7,8 @@
     bench datasets show nuclei2d -o nuclei.png
     bench speed --models unetsharp,my_spec.yaml   (train/infer img/s and peak memory)
 
-The project's own benchmarks (the GPU suite, trials per hour, the race against hand-written
-models) are scripts in the repository's benchmarks/ folder, not commands of the package.
+The project's own benchmarks (the GPU suite, trials per hour, the races against hand-written
+models: speed and training-step memory) are scripts in the repository's benchmarks/ folder, not commands of the package.
 """
 from __future__ import annotations
 
@@ -97,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fast path, over the specs' fast: (bare --fast = on: bf16, "
                    "channels_last, torch.compile, CUDA-graph inference on CUDA, none on CPU); "
                    "off, or parts: bf16,channels_last,compile,cuda_graphs (skipdsl/fast.py)")
+    r.add_argument("--recompute", default=None, choices=["none", "resample"],
+                   help="resample: the backward pass recomputes resampled tensors and "
+                   "concatenations instead of storing them (less memory, the same gradients; "
+                   "not part of the trial key); default: the specs' recompute, else none")
     r.add_argument("--retry-failed", action="store_true", help="re-run failed trials")
     r.add_argument("--no-weights", action="store_true",
                    help="keep no model.pt/spec.yaml per trial (saves disk)")
@@ -175,7 +179,8 @@ def _cmd_run(a: argparse.Namespace) -> int:
                  "data_root": a.data_root, "cache_dir": a.cache_dir, "device": a.device,
                  "cgm": a.cgm, "head_init": a.head_init,
                  "save_weights": False if a.no_weights else None,
-                 "fast": None if a.fast is None else normalize(a.fast)}
+                 "fast": None if a.fast is None else normalize(a.fast),
+                 "recompute": a.recompute}
     size = None
     if a.params or a.flops:
         from skipdsl.sizing import parse_size

@@ -49,7 +49,7 @@ class Diverged(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
-def fast_path(cfg: dict[str, Any], spec: Any, device: Any):
+def fast_path(cfg: dict[str, Any], spec: Any, device: Any, dims: int | None = None):
     """The trial's :class:`~skipdsl.fast.FastPath`: the config's ``fast`` (the command line)
     over the spec's, then the ``amp`` and ``channels_last`` keys: ``auto`` adds their part on
     CUDA (as before the fast path existed), ``True`` forces it on any device, ``False`` drops it
@@ -223,7 +223,7 @@ def _train_and_evaluate(cfg: dict[str, Any],
                          in_channels=int(ds.in_channels), num_classes=int(ds.num_classes),
                          dims=dims, widths=widths,
                          width_scale=scale if widths is None else None,
-                         deep_supervision=use_ds, cgm=cfg["cgm"],
+                         deep_supervision=use_ds, cgm=cfg["cgm"], recompute=cfg["recompute"],
                          image_size=tuple(images.shape[2:]), patch=plan.patch,
                          spacing=ds.meta.get("spacing")).to(device)
     patch = plan.patch

@@ -1,0 +1,149 @@
+"""recompute="resample" (skipdsl.compile, the spec, the trainer, bench run --recompute, bench
+memory): the backward pass recomputes resamplings and concatenations instead of storing them,
+with the default's outputs, gradients and BatchNorm statistics, and less memory."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import skipdsl
+from skipdsl.compiler import _Checkpointed
+from skipdsl.spec import scale_spec
+
+ZOO = ["unet", "wunet", "unetpp", "unet3p", "unetsharp"]
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("data-cache"))
+
+
+def _step(model, x):
+    """Outputs, loss, parameter gradients and the state after one training forward/backward."""
+    model.train()
+    out = model(x)
+    outs = out if isinstance(out, dict) else {"main": out}
+    loss = sum((o.float() ** 2).mean() + o.float().mean() for o in outs.values())
+    loss.backward()
+    grads = {k: p.grad.clone() for k, p in model.named_parameters()}
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    return {k: o.detach() for k, o in outs.items()}, grads, state
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+@pytest.mark.parametrize("name", ZOO)
+def test_recompute_gives_the_defaults_outputs_gradients_and_batchnorm_statistics(name, dims):
+    # the zoo's own shapes (UNet 3+'s projections too) at 1/16 (2D) or 1/32 (3D) of the widths
+    spec = scale_spec(skipdsl.load(name), 1 / 16 if dims == 2 else 1 / 32)
+    torch.manual_seed(0)
+    base = skipdsl.compile(spec, dims=dims, in_channels=2, deep_supervision=True)
+    rec = skipdsl.compile(spec, dims=dims, in_channels=2, deep_supervision=True,
+                          recompute="resample")
+    rec.load_state_dict(base.state_dict())
+    assert rec.recompute == "resample" and base.recompute == "none"
+    wrapped = [n for n in rec.graph.nodes if isinstance(n.target, _Checkpointed)]
+    assert wrapped and all(n.target.selective for n in wrapped)  # every decoder node at least
+    assert not any(isinstance(n.target, _Checkpointed) for n in base.graph.nodes)
+    x = torch.randn(2, 2, *([32] * 2 if dims == 2 else [16] * 3))
+    out_a, grad_a, state_a = _step(base, x)
+    out_b, grad_b, state_b = _step(rec, x)
+    assert out_a.keys() == out_b.keys()
+    assert len(out_a) > 1 or name in ("unet", "wunet")  # deep supervision heads
+    for k in out_a:
+        assert torch.equal(out_a[k], out_b[k]), k
+    # BatchNorm's running statistics are updated once (a recomputed BatchNorm in training
+    # mode would update them a second time), and nothing else in the state differs
+    for k in state_a:
+        assert torch.equal(state_a[k], state_b[k]), k
+    # UNet 3+ pools x_0_0 once for two nodes by default, once per node with recompute: the
+    # gradients reach x_0_0 summed in another order (float rounding, ~1e-7 of the largest)
+    big = max(g.abs().max() for g in grad_a.values())
+    for k in grad_a:
+        torch.testing.assert_close(grad_b[k], grad_a[k], rtol=1e-5, atol=1e-5 * big, msg=k)
+    if name != "unet3p":  # no pooling shared between nodes: the very same operations
+        assert all(torch.equal(grad_a[k], grad_b[k]) for k in grad_a)
+
+
+def test_recompute_stores_less_for_the_backward_pass():
+    from benchmarks.memory import peak_live_mb
+
+    peaks = {}
+    for mode in ("none", "resample"):
+        torch.manual_seed(0)
+        m = skipdsl.compile("unetsharp", widths=[4, 8, 16, 32, 64], recompute=mode)
+        x = torch.randn(2, 3, 32, 32)
+
+        def step():
+            m(x).float().mean().backward()
+
+        step()
+        peaks[mode] = peak_live_mb(step)
+    assert 0 < peaks["resample"] < 0.8 * peaks["none"], peaks
+
+
+def test_recompute_in_the_spec_prune_eval_and_errors():
+    spec = skipdsl.load("unetsharp").replace(recompute="resample")
+    assert spec.hash() == skipdsl.load("unetsharp").hash()  # how it runs, not what it is
+    assert skipdsl.spec_hash(spec) == skipdsl.spec_hash("unetsharp")
+    assert "recompute" not in skipdsl.load("unetsharp").to_dict()  # unset: no change
+    torch.manual_seed(0)
+    m = skipdsl.compile(spec, widths=4, deep_supervision=True)
+    assert m.recompute == "resample"
+    assert skipdsl.compile(spec, widths=4, recompute="none").recompute == "none"
+    x = torch.randn(1, 3, 32, 32)
+    m.eval()
+    with torch.no_grad():
+        full = m(x)
+        sub = skipdsl.prune(m, level=2)
+        assert sub.recompute == "resample" and torch.equal(sub(x), full["x_0_2"])
+    with pytest.raises(skipdsl.SpecError, match="unknown recompute 'all'"):
+        skipdsl.compile("unet", recompute="all")
+
+
+def test_recompute_is_a_trainer_key_that_does_not_change_the_trial_key(tmp_path):
+    from skipdsl.bench import cli, runner
+    from skipdsl.train.trainer import resolve_config
+
+    plans = [runner.plan(["unetsharp"], ["nuclei2d"], seeds=[0], deep_supervision="off",
+                         budget="smoke", overrides={"recompute": r}) for r in (None, "resample")]
+    assert [t.key for t in plans[0]] == [t.key for t in plans[1]]
+    assert plans[1][0].config["recompute"] == "resample"
+    with pytest.raises(ValueError, match="unknown recompute"):
+        resolve_config({"model": "unet", "dataset": "nuclei2d", "recompute": "yes"})
+    assert cli.build_parser().parse_args(["run", "--recompute", "resample"]).recompute == \
+        "resample"
+
+
+def test_trainer_trains_with_recompute(cache_dir):
+    from skipdsl.train.trainer import train_and_evaluate
+
+    cfg = dict(model="unetsharp", dataset="nuclei2d", n=12, epochs=1, widths=[4, 4, 8, 8, 8],
+               batch_size=4, cache_dir=cache_dir, threads=1, throughput_iters=1, hd95=False,
+               deep_supervision=True)
+    a = train_and_evaluate(cfg)
+    b = train_and_evaluate({**cfg, "recompute": "resample"})
+    assert a["status"] == b["status"] == "ok", (a["reason"], b["reason"])
+    assert b["config"]["recompute"] == "resample"
+    assert [c["train_loss"] for c in a["curve"]] == pytest.approx(
+        [c["train_loss"] for c in b["curve"]], rel=1e-5)
+    assert a["iou"] == pytest.approx(b["iou"], abs=1e-4)
+
+
+def test_bench_memory_writes_its_table(tmp_path):
+    from benchmarks import memory
+
+    out, js = tmp_path / "memory.md", tmp_path / "memory.json"
+    rc = memory.main(["--models", "unetsharp", "--size", "16", "--batch", "2",
+                   "--widths", "4,8,16,32,64", "--reps", "2", "--threads", "1",
+                   "--out", str(out), "--json", str(js)])
+    assert rc == 0
+    text = out.read_text()
+    assert "| unetsharp |" in text and "Command: `python benchmarks/memory.py --models unetsharp" in text
+    (row,) = json.loads(js.read_text())["rows"]
+    assert row["error"] is None and row["grad_diff"] == 0.0
+    assert set(row["peak_mb"]) == {"hand", "compiled", "recompute"}
+    assert all(v > 0 for v in row["peak_mb"].values())
+    assert row["peak_mb"]["recompute"] < row["peak_mb"]["compiled"]
+    assert all(v > 0 for v in row["step_ms"].values())
