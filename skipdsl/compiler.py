@@ -231,7 +231,8 @@ def _emit(spec: Spec, dag: nx.DiGraph, heads: list[Head], use_cgm: bool,
     dims = spec.dims
     graph = fx.Graph()
     x = graph.placeholder("x")
-    multiple = spec.input_multiple if spec.grid.strides is None else spec.input_multiples
+    per_axis = spec.input_multiples  # one int where every axis agrees
+    multiple = per_axis if len(set(per_axis)) > 1 else spec.input_multiple
     x = graph.call_function(check_input, (x, multiple, spec.in_channels, spec.name))
     values: dict[str, fx.Node] = {INPUT: x}
     shared: dict[tuple, fx.Node] = {}

@@ -296,6 +296,7 @@ def test_export_roundtrip(tmp_path):
 #: and 50 validation iterations to a few, so that the test fits 2 CPU cores
 SHORT_TRAIN = """
 import sys
+import torch
 from nnunetv2.training.nnUNetTrainer.variants.training_length.nnUNetTrainer_Xepochs import (
     nnUNetTrainer_1epoch)
 from nnunetv2.run.run_training import run_training_entry
@@ -303,8 +304,9 @@ from nnunetv2.run.run_training import run_training_entry
 _init = nnUNetTrainer_1epoch.__init__
 ITERATIONS = int(sys.argv.pop())
 
-def _short(self, *args, **kwargs):
-    _init(self, *args, **kwargs)
+def _short(self, plans, configuration, fold, dataset_json, device=torch.device("cuda")):
+    # nnU-Net records its trainer's init arguments by the signature: keep it
+    _init(self, plans, configuration, fold, dataset_json, device)
     self.num_iterations_per_epoch = ITERATIONS
     self.num_val_iterations_per_epoch = 2
 
