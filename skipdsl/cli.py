@@ -325,14 +325,20 @@ def cmd_nnunet_plans(args) -> int:
                                        "width_multiplier": args.width_multiplier})
     name = path.stem
     dataset = path.parent.name
+    n_in, n_out = 1, 2
+    ds_json = path.parent / "dataset.json"  # nnU-Net copies it beside the plans
+    if ds_json.is_file():
+        d = json.loads(ds_json.read_text())
+        n_in, n_out = len(d.get("channel_names", {"0": ""})), len(d.get("labels", {"a": 0, "b": 1}))
     out.print(f"wrote {path}", highlight=False)
     for c, conf in plans["configurations"].items():
         arch = conf.get("architecture") or {}
         if arch.get("network_class_name") != "skipdsl.nnunet.SkipUNet":
             continue
-        n = parameter_count(build_from_arch(arch, input_channels=1, num_classes=2))
+        n = parameter_count(build_from_arch(arch, input_channels=n_in, num_classes=n_out))
         out.print(f"  {c}: {args.scheme} on {arch['arch_kwargs']['n_stages']} stages, "
-                  f"{n:,} parameters (1 input channel, 2 classes)", highlight=False)
+                  f"{n:,} parameters ({n_in} input channels, {n_out} outputs)",
+                  highlight=False)
         out.print(f"  nnUNetv2_train {dataset} {c} FOLD -p {name}", highlight=False)
     return 0
 
