@@ -22,6 +22,7 @@ from torch.fx.graph_module import _copy_attr
 from .errors import SpecError
 from .graph import INPUT, build_graph, topo_order
 from .heads import CGMS, HEADS, CGMGate
+from .limits import check_size
 from .layers import BLOCKS, RESAMPLERS, ConvNormAct, channel_dropout, init_he, linear_mode
 from .spec import Head, Spec, load
 
@@ -336,6 +337,7 @@ def compile(
     checkpoint: bool | None = None,
     backbone: str | None = None,
     weights: str | None = None,
+    max_params: int | None = None,
 ) -> fx.GraphModule:
     """Compile a spec (zoo name, path or ``Spec``) into a PyTorch module.
 
@@ -350,6 +352,9 @@ def compile(
     weights (spec: ``encoder: {backbone, weights}``; :mod:`skipdsl.backbones`). A spec with
     ``pyramid:`` returns its feature maps instead of logits: ``{'0': ..., 'pool': ...}``, one
     output conv per level (:mod:`skipdsl.detection` wraps it for torchvision's Mask R-CNN).
+    A spec whose graph would hold more than ``max_params`` weights (default
+    :data:`skipdsl.limits.MAX_PARAMS`, 1e9, or ``$SKIPDSL_MAX_PARAMS``) is refused with a
+    :class:`SpecError` naming the node or edge responsible, before anything is allocated.
     """
     spec = load(spec).with_backbone(backbone, weights).replace(
         in_channels=in_channels, num_classes=num_classes, dims=dims, widths=widths,
@@ -359,6 +364,7 @@ def compile(
         data.setdefault("decoder", {})["checkpoint"] = checkpoint
         spec = spec.replace(decoder=data["decoder"])
     dag = build_graph(spec)
+    check_size(spec, dag, max_params)
     heads, as_dict = _outputs(spec)
     root, encoder = _build_modules(spec, dag, heads, spec.cgm)
     if spec.init == "he":

@@ -39,6 +39,10 @@ def node_id(i: int, j: int) -> str:
     return f"x_{i}_{j}"
 
 
+#: The largest convolution kernel a spec may ask for (V-Net's are 5, nnU-Net's at most 7).
+MAX_KERNEL = 31
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=False, populate_by_name=True)
 
@@ -88,7 +92,7 @@ class Project(_Model):
     """An optional per-edge projection (UNet3+): conv k x k to ``channels`` + norm + act."""
 
     channels: int = Field(gt=0)
-    kernel: int = Field(3, gt=0)
+    kernel: int = Field(3, gt=0, le=MAX_KERNEL)
     norm: str | None = None
     act: str | None = None
 
@@ -98,7 +102,7 @@ class Block(_Model):
 
     type: str = "conv"
     repeats: int = Field(2, ge=1, le=8)
-    kernel: int = Field(3, gt=0)
+    kernel: int = Field(3, gt=0, le=MAX_KERNEL)
     norm: str = "batch"
     act: str = "relu"
     bias: bool = True
@@ -188,7 +192,7 @@ class Edge(_Model):
 
     src: str = Field(alias="from")
     dst: str = Field(alias="to")
-    scale: float | None = None
+    scale: float | None = Field(None, gt=0, allow_inf_nan=False)
     resample: Resample | None = None
     project: Project | None = None
     dropout: float | None = Field(None, ge=0, lt=1)
@@ -212,7 +216,7 @@ class Head(_Model):
 
     node: str
     type: str | None = None  # head registry (skipdsl.heads.HEADS): conv (default), vnet_output
-    kernel: int = Field(1, gt=0)
+    kernel: int = Field(1, gt=0, le=MAX_KERNEL)
     main: bool = False
     match: Literal["upsample", "pool"] = "upsample"
     cgm: Literal["unet3p", "full", "simple"] | None = None
@@ -228,14 +232,14 @@ class Pyramid(_Model):
 
     nodes: list[str] = Field(min_length=1)
     channels: int = Field(256, gt=0)
-    kernel: int = Field(3, gt=0)
+    kernel: int = Field(3, gt=0, le=MAX_KERNEL)
     pool: bool = True
 
 
 class Widths(_Model):
     base: int = Field(gt=0)
-    growth: float = Field(2.0, gt=0)
-    multipliers: list[float] | None = None
+    growth: float = Field(2.0, gt=0, allow_inf_nan=False)
+    multipliers: list[Annotated[float, Field(gt=0, allow_inf_nan=False)]] | None = None
 
 
 def _per_level(v: list, what: str, check) -> list:
@@ -288,7 +292,18 @@ class Grid(_Model):
             return list(self.widths)
         w = self.widths
         mult = w.multipliers or [1.0] * self.depth
-        return [int(round(w.base * w.growth**i * mult[i])) for i in range(min(self.depth, len(mult)))]
+        out = []
+        for i in range(min(self.depth, len(mult))):
+            try:
+                v = w.base * w.growth**i * mult[i]
+            except OverflowError:
+                v = math.inf
+            if not math.isfinite(v) or v > 1e9:
+                raise ValueError(f"grid.widths gives level {i} a width of {v:.3g} channels "
+                                 f"(base {w.base} x growth {w.growth}^{i}); use a smaller "
+                                 "base, growth or multiplier")
+            out.append(int(round(v)))
+        return out
 
 
 class Defaults(_Model):
@@ -590,7 +605,11 @@ def _model_at(loc: tuple, data: Any) -> type[BaseModel] | None:
 
 
 def _to_spec_error(err: ValidationError, file: str | None, lines: dict, data: Any) -> SpecError:
-    errors = sorted(err.errors(), key=lambda e: e["type"] != "extra_forbidden")
+    # unknown keys first; a union's "not this branch" errors (list_type, model_type, ...) last,
+    # so that `growth: .inf` reports the finite-number error, not "Input should be a list"
+    errs = err.errors()
+    errors = sorted(errs, key=lambda e: (e["type"] != "extra_forbidden",
+                                         len(errs) > 1 and e["type"].endswith("_type")))
     e = errors[0]
     loc = _clean_loc(tuple(e["loc"]), data)
     where = ".".join(str(p) for p in loc) or "(top level)"

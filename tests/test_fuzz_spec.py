@@ -95,3 +95,37 @@ def test_truncated_zoo_yaml_only_raises_spec_error(name, data):
         skipdsl.graph(loads(text[:cut], source=f"{name}.yaml"))
     except SpecError:
         pass
+
+
+big_numbers = st.one_of(st.integers(1, 10**7), st.just(10**6), st.floats(0.0, 1e300),
+                        st.just(float("inf")), st.just(float("nan")), st.integers(-10**6, 0))
+
+
+@st.composite
+def resized_specs(draw):
+    """A zoo spec with one of its sizes (widths, growth, multipliers, projection or node
+    channels, kernels, repeats) replaced by a huge, tiny, infinite or negative number."""
+    spec = copy.deepcopy(ZOO[draw(st.sampled_from(sorted(ZOO)))])
+    sizes = [p for p in _paths(spec) if p and p[-1] in
+             ("widths", "base", "growth", "multipliers", "channels", "width", "kernel",
+              "repeats") or (len(p) > 1 and p[-2] in ("widths", "multipliers"))]
+    path = draw(st.sampled_from(sizes))
+    parent = spec
+    for key in path[:-1]:
+        parent = parent[key]
+    parent[path[-1]] = draw(big_numbers)
+    return spec
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(resized_specs())
+def test_absurd_sizes_raise_spec_error_before_allocation(spec):
+    """Sizes that overflow or would need terabytes give a SpecError (never an OverflowError or
+    an allocator error): compiled on the meta device, so a miss costs no memory here."""
+    import torch
+
+    try:
+        with torch.device("meta"):
+            skipdsl.compile(from_dict(spec, source="fuzz.yaml"))
+    except SpecError as e:
+        assert str(e)

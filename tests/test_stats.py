@@ -166,3 +166,18 @@ def test_seed_consistency_separates_firm_from_loose_differences():
     assert "Not significant, seeds overlap (1 pairs" in words
     one = stats.pairwise(twins[twins["seed"] == 0], "d2").iloc[0]
     assert one["one_seed"] and one["significant"]  # one seed: the case test is all there is
+
+
+def test_compare_runs_finds_a_reversed_and_a_lost_conclusion():
+    """Unmatched vs matched sizes: a big model's lead that disappears is a changed conclusion."""
+    a = _cases({"unet": (0.0, 0.01), "unet3p": (0.08, 0.01), "unetsharp": (0.04, 0.01)})
+    b = _cases({"unet": (0.0, 0.01), "unet3p": (0.0, 0.01), "unetsharp": (0.04, 0.01)}, seed=1)
+    rows, md = stats.compare_runs(a, b, ["d2"], names=("unmatched", "matched"))
+    (r,) = rows
+    assert r["best_a"] == "unet3p" and r["best_b"] == "unetsharp"
+    assert r["significant_a"] == 3 and r["reversed_pairs"] >= 1 and r["tau"] < 1
+    assert any(c.startswith("unet vs unet3p") or c.startswith("unet3p vs unet")
+               for c in r["changed"])
+    assert "| d2 | 3 |" in md and "matched" in md
+    same, _ = stats.compare_runs(a, a, ["d2"])
+    assert same[0]["tau"] == pytest.approx(1.0) and same[0]["changed"] == []

@@ -67,6 +67,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--epochs", type=int, default=None, help="override the budget's epochs")
     r.add_argument("--n", type=int, default=None, help="override the budget's images per set")
     r.add_argument("--widths", default=None, help="override widths: a base (8) or a list")
+    size = r.add_mutually_exclusive_group()
+    size.add_argument("--params", default=None, metavar="TARGET",
+                      help="every model at the same size: its widths scaled by one factor "
+                      "so that its inference network has TARGET parameters +-3%% for each "
+                      "dataset's channels (670k, 0.67M, 670000, or a model name: that model's "
+                      "count at this budget, e.g. --params unetsharp); replaces the budget's "
+                      "width scale (skipdsl.sizing)")
+    size.add_argument("--flops", default=None, metavar="TARGET",
+                      help="as --params, for forward GFLOPs per image at the evaluation size "
+                      "(0.5, or a model name)")
     r.add_argument("--backbone", default=None,
                    help="torchvision encoder under every model (2D): vgg16_bn, resnet34, "
                    "resnet50, resnet101; random init (weights only from a spec's local file)")
@@ -96,6 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="rebuild results.csv, report.md and plots of OUT")
     rep.add_argument("out")
     rep.add_argument("--no-plots", action="store_true")
+
+    cp = sub.add_parser("compare", help="compare two sweeps' rankings per dataset (Kendall "
+                        "tau, changed significant conclusions): e.g. unmatched vs --params")
+    cp.add_argument("a", help="the first sweep's folder")
+    cp.add_argument("b", help="the second sweep's folder")
+    cp.add_argument("--names", default=None, help="two names for the table (default: folders)")
+    cp.add_argument("-o", "--out", default=None, help="also write the markdown here")
 
     ls = sub.add_parser("list", help="list zoo models and datasets")
     ls.add_argument("--data-root", default=None)
@@ -169,8 +186,15 @@ def _cmd_run(a: argparse.Namespace) -> int:
                  "cgm": a.cgm, "head_init": a.head_init,
                  "save_weights": False if a.no_weights else None,
                  "fast": None if a.fast is None else normalize(a.fast)}
+    size = None
+    if a.params or a.flops:
+        from skipdsl.sizing import parse_size
+
+        size = parse_size(a.params or a.flops, "params" if a.params else "flops")
+    aliases: dict[str, list[str]] = {}
     trials = runner.plan(models, datasets, seeds=seeds, deep_supervision=a.ds, budget=a.budget,
-                         overrides=overrides, backbone=a.backbone, task=a.task)
+                         overrides=overrides, backbone=a.backbone, task=a.task, size=size,
+                         aliases=aliases)
     from rich.console import Console
 
     console = Console(stderr=True)
@@ -178,8 +202,12 @@ def _cmd_run(a: argparse.Namespace) -> int:
                   f"{', '.join(datasets)}; seeds {seeds}; "
                   + (f"DS {a.ds}; " if a.task == "semantic" else "") + f"budget {a.budget}; "
                   f"backend {a.backend}" + (f" at {a.address}" if a.address else "")
-                  + (f"; fast {overrides['fast']}" if overrides["fast"] else ""),
+                  + (f"; fast {overrides['fast']}" if overrides["fast"] else "")
+                  + (f"; every model at the {size.describe()} (+-3%)" if size else ""),
                   highlight=False)
+    for line in runner.alias_notes(aliases):
+        console.print(f"note: {line}", highlight=False)
+    runner.record_aliases(out, aliases)
     summary = runner.run_sweep(trials, out, backend=a.backend, address=a.address,
                                cpus_per_trial=a.cpus_per_trial, gpus_per_trial=a.gpus_per_trial,
                                num_cpus=a.num_cpus, retry_failed=a.retry_failed,
@@ -191,6 +219,27 @@ def _cmd_run(a: argparse.Namespace) -> int:
                   f"{len(summary.skipped)} skipped, {summary.seconds:.0f} s; results: "
                   f"{out / 'results.csv'}", highlight=False)
     return 1 if (a.strict and summary.failed) else 0
+
+
+def _cmd_compare(a: argparse.Namespace) -> int:
+    from skipdsl.bench import stats, store
+
+    frames = []
+    for out in (a.a, a.b):
+        if not Path(out).is_dir():
+            raise FileNotFoundError(f"no benchmark output folder '{out}'")
+        results = store.load_results(out)
+        ok = {r["trial_key"] for r in results if r.get("status") == "ok"}
+        cases = store.load_cases(out, results)
+        frames.append(cases[cases["trial_key"].isin(ok)] if len(cases) else cases)
+    names = tuple(_csv(a.names)) if a.names else (Path(a.a).name, Path(a.b).name)
+    datasets = sorted(set(frames[0]["dataset"]) & set(frames[1]["dataset"])) if all(
+        len(f) for f in frames) else []
+    _, md = stats.compare_runs(frames[0], frames[1], datasets, names=names)
+    print(md or "no dataset with finished trials in both")
+    if a.out:
+        Path(a.out).write_text(md + "\n")
+    return 0
 
 
 def _cmd_list(a: argparse.Namespace) -> int:
@@ -237,6 +286,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             print(build_report(a.out, plots=not a.no_plots))
             return 0
+        if a.cmd == "compare":
+            return _cmd_compare(a)
         if a.cmd == "list" or (a.cmd == "datasets" and a.dcmd == "list"):
             return _cmd_list(a) if a.cmd == "list" else _list_datasets(a)
         if a.cmd == "datasets" and a.dcmd == "compare":

@@ -48,6 +48,64 @@ def _fmt_params(p: Any) -> str:
     return f"{p / 1e6:.2f}M" if p >= 1e5 else f"{p / 1e3:.1f}K"
 
 
+def _finite(values) -> list[float]:
+    out = []
+    for v in values:
+        try:
+            v = float(v)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(v):
+            out.append(v)
+    return out
+
+
+def _span(values, fmt: str) -> str:
+    """``lo–hi`` of the finite values (one value when they agree), '-' when there are none."""
+    v = _finite(values)
+    if not v:
+        return "-"
+    lo, hi = fmt.format(min(v)), fmt.format(max(v))
+    return lo if lo == hi else f"{lo}–{hi}"
+
+
+def _mean(values, fmt: str) -> str:
+    v = _finite(values)
+    return fmt.format(sum(v) / len(v)) if v else "-"
+
+
+def size_header(results: list[dict[str, Any]]) -> str:
+    """One sentence on whether the trials were matched in size (``bench run --params``/
+    ``--flops``), with the largest measured deviation from each dataset's target."""
+    ok = [r for r in results if r.get("status") == "ok" and r.get("task", "semantic") !=
+          "instance"]
+    if not ok:
+        return ""
+    targets = {str(r.get("size_target")) for r in ok}
+    if targets == {"None"} or "None" in targets or len(targets) > 1:
+        if targets == {"None"}:
+            return ("Sizes are not matched: every model trains at the budget's width scale "
+                    "of its own widths (see Params).")
+        return ("Sizes are mixed: some trials were scaled to a size target "
+                f"({', '.join(sorted(t for t in targets if t != 'None'))}), others not.")
+    kind, _, what = next(iter(targets)).partition("=")
+    key = "params" if kind == "params" else "gflops"
+    parts, worst = [], 0.0
+    for d in sorted({r["dataset"] for r in ok}):
+        rows = [r for r in ok if r["dataset"] == d]
+        target = _finite([r.get("size_value") for r in rows])
+        if not target:
+            continue
+        t = target[0]
+        dev = max(abs(float(r[key]) / t - 1) for r in rows if r.get(key))
+        worst = max(worst, dev)
+        parts.append(f"{d} {_fmt_params(t) if key == 'params' else f'{t:.3g} GFLOPs'}")
+    unit = "parameters" if kind == "params" else "GFLOPs per image"
+    src = f"{what}'s count at this budget" if not what[:1].isdigit() else "a fixed target"
+    return (f"All models at matched size: {unit} scaled to {src} ±3% per dataset "
+            f"({'; '.join(parts)}); largest deviation measured {worst:.1%}.")
+
+
 def _pm(mean: float, std: float, scale: float = 100.0, digits: int = 2) -> str:
     if mean is None or not math.isfinite(mean):
         return "-"
@@ -108,7 +166,7 @@ def table1(results: list[dict[str, Any]], cases, datasets: list[str] | None = No
             if len(sub):
                 for r in stats.summarise(sub, d).to_dict("records"):
                     summ[(d, r["config"])] = r
-    head = ["Architecture", "Params"]
+    head = ["Architecture", "Params", "GFLOPs/img", "Train s/trial", "Peak train MB"]
     for d in datasets:
         head += [f"{d} (no DS)", f"{d} (DS)"] if show_ds else [d]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -117,7 +175,10 @@ def table1(results: list[dict[str, Any]], cases, datasets: list[str] | None = No
                          if r["model"] == m and r["dataset"] in datasets and r.get("params")})
         shown = list(dict.fromkeys(_fmt_params(x) for x in params))
         p = "-" if not shown else shown[0] if len(shown) == 1 else f"{shown[0]}–{shown[-1]}"
-        row = [m, p]
+        mine = [r for r in ok if r["model"] == m and r["dataset"] in datasets]
+        row = [m, p, _span([r.get("gflops") for r in mine], "{:.3f}"),
+               _mean([r.get("train_seconds") for r in mine], "{:.0f}"),
+               _span([r.get("peak_train_mb") for r in mine], "{:.0f}")]
         for d in datasets:
             for ds in ((False, True) if show_ds else (False,)):
                 s = summ.get((d, stats.config_label(m, ds)))
@@ -174,19 +235,20 @@ def _metric_table(agg: dict, models: list[str], datasets: list[str], key: str, s
 
 def _cost_table(results: list[dict[str, Any]]) -> str:
     head = ["Architecture", "DS", "Dataset", "Params", "GFLOPs/img", "Images/s (infer)",
-            "Train s", "Epochs", "Device"]
+            "Train s", "Peak train MB", "Epochs", "Device"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
         if r.get("status") != "ok" or int(r.get("seed") or 0) != min(
                 int(x.get("seed") or 0) for x in results
                 if x.get("model") == r.get("model") and x.get("dataset") == r.get("dataset")):
             continue
-        gf, ips, ts = (r.get(k) for k in ("gflops", "images_per_s", "train_seconds"))
+        gf, ips, ts, pk = (r.get(k) for k in ("gflops", "images_per_s", "train_seconds",
+                                              "peak_train_mb"))
         lines.append("| " + " | ".join([
             str(r["model"]), "on" if r.get("deep_supervision") else "off", str(r["dataset"]),
             _fmt_params(r.get("params")), f"{gf:.3f}" if gf is not None else "-",
             f"{ips:.1f}" if ips is not None else "-", f"{ts:.0f}" if ts is not None else "-",
-            str(r.get("epochs", "-")), str(r.get("device", "-"))]) + " |")
+            _span([pk], "{:.0f}"), str(r.get("epochs", "-")), str(r.get("device", "-"))]) + " |")
     return "\n".join(lines)
 
 
@@ -203,6 +265,30 @@ def _pruning_table(results: list[dict[str, Any]]) -> str:
             _fmt_params(p.get("params")), f"{p.get('images_per_s') or 0:.1f}",
             f"{iou * 100:.2f}" if iou is not None else "-"]) + " |")
     return "\n".join(lines)
+
+
+def _apply_aliases(out: Path, results: list[dict[str, Any]], cases):
+    """Rename the rows of networks given under several names (``OUT/aliases.json``, written by
+    ``bench run``) to ``first = second``, so that the report says they are one network."""
+    import json
+
+    path = out / "aliases.json"
+    if not path.is_file():
+        return results, cases
+    aliases = json.loads(path.read_text())
+    label = {}
+    for r in results:
+        names = aliases.get(str(r.get("spec_hash")))
+        if names and r.get("model") in names[:1] + [names[0]]:
+            label[r["trial_key"]] = " = ".join(names)
+    if not label:
+        return results, cases
+    results = [{**r, "model": label.get(r["trial_key"], r["model"])} for r in results]
+    if len(cases):
+        cases = cases.copy()
+        new = cases["trial_key"].map(label)
+        cases["model"] = new.fillna(cases["model"])
+    return results, cases
 
 
 # -- plots ----------------------------------------------------------------------------------
@@ -385,6 +471,7 @@ def build_report(out: str | os.PathLike, *, plots: bool = True) -> Path:
     store.write_tables(out)
     results = store.load_results(out)
     cases = store.load_cases(out, results)
+    results, cases = _apply_aliases(out, results, cases)
     curves = store.load_curves(results)
     ok = [r for r in results if r.get("status") == "ok"]
     failed = [r for r in results if r.get("status") != "ok"]
@@ -423,8 +510,14 @@ def build_report(out: str | os.PathLike, *, plots: bool = True) -> Path:
         f"{', '.join(budgets) or '-'}; seeds {', '.join(map(str, seeds)) or '-'}. "
         "Rebuild with `bench report " + str(out) + "`.",
         "",
+        size_header(results),
+        "",
         "Tables in the UNet# paper's Table 1 layout. Params: the inference network (main head "
-        "only) as trained on these datasets' channels and widths (a range when they differ). "
+        "only) as trained on these datasets' channels and widths (a range when they differ); "
+        "GFLOPs per image at the evaluation size (a range over datasets); Train s: mean "
+        "training time of a trial (all epochs, validation included); Peak train MB: the "
+        "measured peak memory of one training step (weights, gradients, optimiser state, "
+        "activations; a range over datasets), on the machine that ran it (Device, below). "
         "No DS / DS: trained without / with deep supervision.",
         "",
         *tables,

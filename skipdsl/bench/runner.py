@@ -26,7 +26,8 @@ from typing import Any, Callable, Sequence
 from ..train.trainer import DEFAULTS
 from . import store
 
-__all__ = ["Trial", "SweepSummary", "plan", "run_sweep", "run_trial", "DS_MODES"]
+__all__ = ["Trial", "SweepSummary", "plan", "run_sweep", "run_trial", "DS_MODES", "alias_notes",
+           "record_aliases"]
 
 DS_MODES = ("off", "on", "both")
 
@@ -34,7 +35,7 @@ DS_MODES = ("off", "on", "both")
 #: threads, cache_dir, data_root...) only say where and how fast it runs.
 RESULT_KEYS = ("task", "epochs", "n", "widths", "batch_size", "lr", "weight_decay", "eta_min",
                "loss", "loss_kwargs", "cgm", "augment", "data_seed", "hd95", "threshold",
-               "head_init", "patch")
+               "head_init", "patch", "width_scale", "size_target")
 
 
 @dataclass
@@ -85,8 +86,21 @@ def plan(
     overrides: dict[str, Any] | None = None,
     backbone: str | None = None,
     task: str = "semantic",
+    size: Any = None,
+    aliases: dict[str, list[str]] | None = None,
 ) -> list[Trial]:
     """The trials of a sweep, in a stable order, without duplicates.
+
+    ``size`` (a :class:`skipdsl.sizing.SizeTarget`, e.g. ``parse_size("670k")`` or
+    ``parse_size("unetsharp")``): every model's widths are multiplied by the one factor that
+    brings its inference network to the target (+-3%) for each dataset's channels and classes,
+    instead of the budget's ``width_scale``; the factor and the target are part of the trial
+    key. A model that cannot reach it gets a trial that fails with the reason (the sweep goes
+    on). A model name as target means that model's size at this budget, per dataset.
+
+    Two names for one network (the same spec hash) share their trials: ``aliases`` (when given)
+    gets ``{spec hash: [first name, other names...]}`` (:func:`alias_notes` says it in words,
+    :func:`record_aliases` keeps it for the report).
 
     ``backbone`` puts a torchvision encoder under every model (``unet`` becomes the spec
     ``unet_resnet34``, sent as its content; see :mod:`skipdsl.backbones`).
@@ -125,7 +139,13 @@ def plan(
     # are not taken for prior-initialised ones
     extra["head_init"] = extra["head_init"] or DEFAULTS["head_init"]
     modes = {"off": [False], "on": [True], "both": [False, True]}[deep_supervision]
+    if size is not None and (task != "semantic" or extra.get("widths")):
+        raise ValueError("--params/--flops scale semantic models' widths; they do not combine "
+                         "with --task instance or an explicit widths override")
+    sizer = _Sizer(size, BUDGETS[budget], overrides) if size is not None else None
     trials: dict[str, Trial] = {}
+    seen: dict[str, str] = {}  # spec hash -> the first name given for it
+    aliases = {} if aliases is None else aliases
     for m in models:
         ref, spec = _model_ref(m) if task == "semantic" else _pyramid_ref(m)
         if backbone:
@@ -134,6 +154,10 @@ def plan(
             spec = spec.with_backbone(backbone, rename=True)
             ref = spec.to_dict()
         h = skipdsl.spec_hash(spec)
+        if h in seen:
+            aliases.setdefault(h, [seen[h]]).append(_display(m))
+            continue
+        seen[h] = _display(m)
         ds_modes = [d for d in modes if not d or len(spec.heads) > 1]
         if task == "instance":
             from skipdsl.train.instance import model_label
@@ -143,17 +167,108 @@ def plan(
             # the budget's definition as this dataset gets it (not only its name): trials
             # stored under an older definition of a budget are not taken for the current one
             extra["budget_def"] = budget_fingerprint(BUDGETS[budget], dataset)
+            sized = sizer.solve(m, spec, dataset) if sizer is not None else {}
+            extra.update({k: sized.get(k) for k in ("width_scale", "size_target")})
             for seed in seeds:
                 for ds in ds_modes:
                     key = store.trial_key(h, dataset, budget, seed, ds, extra)
                     label = f"{spec.name}/{dataset}/s{seed}/{'ds' if ds else 'nods'}"
                     config = {**overrides, "model": ref, "dataset": dataset, "seed": int(seed),
-                              "deep_supervision": ds, "budget": budget}
+                              "deep_supervision": ds, "budget": budget, **sized}
                     if task == "instance":
                         label = f"{name}/{dataset}/s{seed}"
                         config["task"] = task
                     trials.setdefault(key, Trial(key, label, config))
     return list(trials.values())
+
+
+def alias_notes(aliases: dict[str, list[str]]) -> list[str]:
+    """One line per network given under several names (from :func:`plan`'s ``aliases``)."""
+    return [f"{name} is the same network as {names[0]}: hash {h[:8]}..., reported once as "
+            f"{' = '.join(names)}" for h, names in aliases.items() for name in names[1:]]
+
+
+def record_aliases(out: str | os.PathLike, aliases: dict[str, list[str]]) -> None:
+    """Keep the plan's ``aliases`` (spec hash -> the names given for it, first = the one
+    trained and stored) in ``OUT/aliases.json``, merged with earlier runs', for the report."""
+    import json
+
+    if not aliases:
+        return
+    path = Path(out) / "aliases.json"
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    for h, names in aliases.items():
+        old[h] = list(dict.fromkeys([*old.get(h, []), *names]))
+    Path(out).mkdir(parents=True, exist_ok=True)
+    store.atomic_write_text(path, json.dumps(old, indent=1, sort_keys=True))
+
+
+def _display(model: Any) -> str:
+    """A model as the user named it: a zoo name, or a spec file's stem."""
+    p = Path(str(model))
+    return p.stem if p.suffix in (".yaml", ".yml") else str(model)
+
+
+class _Sizer:
+    """Solves each (model, dataset)'s width factor for a size target (``bench run --params``)."""
+
+    def __init__(self, target: Any, budget: Any, overrides: dict[str, Any]) -> None:
+        self.target, self.budget, self.overrides = target, budget, overrides
+        self._data: dict[str, tuple[int, int, int, tuple[int, ...]]] = {}
+        self._values: dict[str, float] = {}
+
+    def dataset(self, name: str) -> tuple[int, int, int, tuple[int, ...]]:
+        """(in_channels, num_classes, dims, image size) of a dataset as its trials load it."""
+        if name not in self._data:
+            from skipdsl.data import load_dataset
+            from skipdsl.train.trainer import _budget_n
+
+            o = self.overrides
+            b = self.budget.for_dataset(name)
+            n = o.get("n") or _budget_n(b, name, o.get("data_root"))
+            ds = load_dataset(name, root=o.get("data_root"), seed=int(o.get("data_seed") or 0),
+                              n=n, cache_dir=o.get("cache_dir"))
+            self._data[name] = (int(ds.in_channels), int(ds.num_classes), int(ds.dims),
+                                tuple(int(x) for x in ds.images.shape[2:]))
+        return self._data[name]
+
+    def value(self, dataset: str) -> float:
+        """The target's value on ``dataset`` (a model target: its size at the budget)."""
+        t = self.target
+        if t.model is None:
+            return float(t.value)
+        if dataset not in self._values:
+            from skipdsl.sizing import count
+            from skipdsl.spec import load, scale_spec
+
+            cin, k, dims, shape = self.dataset(dataset)
+            b = self.budget.for_dataset(dataset)
+            ref = scale_spec(load(t.model), b.width_scale_3d if dims == 3 else b.width_scale)
+            c = count(ref, in_channels=cin, num_classes=k, dims=dims,
+                      size=shape if t.kind == "flops" else None)
+            self._values[dataset] = float(c.params if t.kind == "params" else c.gflops)
+        return self._values[dataset]
+
+    def solve(self, model: str, spec: Any, dataset: str) -> dict[str, Any]:
+        """Trainer config keys: ``width_scale`` and ``size_target``, or ``size_error``."""
+        from skipdsl.errors import SpecError
+        from skipdsl.sizing import scale_to
+
+        target = self.target.key()
+        if getattr(spec, "is_baseline", False):
+            return {"size_target": target, "size_error": (
+                f"{_display(model)} is a library baseline: --params/--flops scale DSL specs "
+                "(leave it out of a matched-size sweep, or compare it at its own size)")}
+        cin, k, dims, shape = self.dataset(dataset)
+        try:
+            value = self.value(dataset)
+            r = scale_to(spec, value, kind=self.target.kind, in_channels=cin, num_classes=k,
+                         dims=dims, size=shape)
+        except SpecError as err:
+            return {"size_target": target, "size_error": f"{dataset}: {err}",
+                    "size_value": self._values.get(dataset, self.target.value)}
+        return {"width_scale": round(r.factor, 6), "size_target": target,
+                "size_value": value}
 
 
 def _pyramid_ref(model: str) -> tuple[Any, Any]:
@@ -180,10 +295,13 @@ def _cost(config: dict[str, Any], cache: dict) -> float:
     is3d = trainer._is_3d(config["dataset"], config.get("data_root"))
     model = config["model"]
     ref = model if isinstance(model, str) else repr(sorted(model.items()))
-    key = (ref, is3d, bool(config.get("deep_supervision")), config.get("budget"))
+    key = (ref, is3d, bool(config.get("deep_supervision")), config.get("budget"),
+           config.get("width_scale"))
     if key not in cache:
         try:
             spec, scale = trainer.load_spec(model), b.width_scale_3d if is3d else b.width_scale
+            if config.get("width_scale") is not None:  # --params/--flops: the solved factor
+                scale = float(config["width_scale"])
             if getattr(spec, "is_baseline", False):
                 net = spec.build(in_channels=1, num_classes=1, dims=3 if is3d else 2,
                                  image_size=24 if is3d else 64, width_scale=scale)

@@ -387,6 +387,72 @@ def paper_agreement(tables: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def compare_runs(cases_a, cases_b, datasets: Iterable[str], names: tuple[str, str] = ("A", "B"),
+                 n_boot: int = N_BOOT) -> tuple[list[dict[str, Any]], str]:
+    """Two sweeps over the same datasets (e.g. the unmatched Table 1 and the same models at
+    equal size): per dataset, Kendall's tau between the two mean-IoU rankings (on the
+    configurations both have), each run's best, and the conclusions that changed: pairs
+    significant in one run and not in the other, and pairs whose order reversed. Returns the
+    rows and their markdown."""
+    from scipy.stats import kendalltau
+
+    rows, md = [], []
+    a_name, b_name = names
+    for d in datasets:
+        if not (len(cases_a) and (cases_a["dataset"] == d).any()
+                and len(cases_b) and (cases_b["dataset"] == d).any()):
+            continue
+        pa, pb = pairwise(cases_a, d), pairwise(cases_b, d)
+        ta, _ = ranking(cases_a, d, pairs=pa, n_boot=0)
+        tb, _ = ranking(cases_b, d, pairs=pb, n_boot=0)
+        ma = {r.config: r.mean for r in ta.itertuples(index=False)}
+        mb = {r.config: r.mean for r in tb.itertuples(index=False)}
+        common = [c for c in ma if c in mb]
+        if len(common) < 2:
+            continue
+        tau, p = kendalltau([ma[c] for c in common], [mb[c] for c in common])
+        sig = {}
+        for tag, pairs in (("a", pa), ("b", pb)):
+            for r in pairs.itertuples(index=False):
+                if r.a in common and r.b in common:
+                    sig[(tag, frozenset((r.a, r.b)))] = (r.a, bool(r.significant))
+        changed = []
+        for x, y in combinations(common, 2):
+            key = frozenset((x, y))
+            wa, sa = sig.get(("a", key), (None, False))
+            wb, sb = sig.get(("b", key), (None, False))
+            if sa != sb or (sa and sb and wa != wb):
+                lose = lambda w: y if w == x else x  # noqa: E731
+                sa_txt = f"{wa} > {lose(wa)} significant" if sa else "not significant"
+                sb_txt = f"{wb} > {lose(wb)} significant" if sb else "not significant"
+                changed.append(f"{x} vs {y}: {a_name} {sa_txt}; {b_name} {sb_txt}")
+        reversed_ = sum(1 for x, y in combinations(common, 2)
+                        if (ma[x] - ma[y]) * (mb[x] - mb[y]) < 0)
+        row = {"dataset": d, "configs": len(common), "tau": float(tau), "p": float(p),
+               "best_a": max(common, key=lambda c: ma[c]),
+               "best_b": max(common, key=lambda c: mb[c]),
+               "significant_a": int(sum(v[1] for k, v in sig.items() if k[0] == "a")),
+               "significant_b": int(sum(v[1] for k, v in sig.items() if k[0] == "b")),
+               "reversed_pairs": reversed_, "pairs": len(common) * (len(common) - 1) // 2,
+               "changed": changed}
+        rows.append(row)
+    if rows:
+        md += [f"| Dataset | Configs | Kendall tau ({a_name} vs {b_name}) | p | Best {a_name} | "
+               f"Best {b_name} | Significant pairs {a_name} / {b_name} | Order reversed |",
+               "|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            md.append(f"| {r['dataset']} | {r['configs']} | {r['tau']:.2f} | {r['p']:.3f} | "
+                      f"{r['best_a']} | {r['best_b']} | {r['significant_a']} / "
+                      f"{r['significant_b']} | {r['reversed_pairs']} of {r['pairs']} |")
+        md.append("")
+        for r in rows:
+            md.append(f"**{r['dataset']}**: " + ("; ".join(r["changed"]) + "."
+                                                 if r["changed"] else
+                                                 "no significant conclusion changed."))
+            md.append("")
+    return rows, "\n".join(md)
+
+
 # --------------------------------------------------------------------------- plots
 
 

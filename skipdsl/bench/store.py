@@ -56,6 +56,7 @@ RESULT_COLUMNS = [
     "params", "gflops", "images_per_s", "train_seconds", "spec_hash", "status", "reason",
     "iou_std", "dice_std", "n_cases", "budget", "epochs", "best_epoch", "device", "node",
     "trial_key", "fast", "head_init", "task", "backbone", "ap", "ap50", "pyramid_params",
+    "peak_train_mb", "width_scale", "size_target", "size_value",
 ]
 
 

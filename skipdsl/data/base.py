@@ -324,7 +324,7 @@ class DatasetEntry:
     """One registered dataset: how to build it and where its files live."""
 
     name: str
-    kind: Literal["synthetic", "real", "family"]
+    kind: Literal["synthetic", "real", "family", "packaged"]
     dims: int
     build: Callable[..., SegDataset]
     default_n: int | None = None
@@ -333,6 +333,8 @@ class DatasetEntry:
     version: int = 1  # synthetic: bump when the generator changes (invalidates caches)
     doc: str = ""
     test_n: int = 0  # synthetic: size of the fixed, separately generated test set
+    package: str | None = None  # packaged: the Python package whose files it reads
+    install: str = ""  # packaged: how to install that package
 
 
 DATASETS: Registry[DatasetEntry] = Registry("dataset")
@@ -345,6 +347,19 @@ def synthetic(name: str, *, dims: int, default_n: int, version: int = 1):
         DATASETS.register(name)(DatasetEntry(
             name, "synthetic", dims, fn, default_n=default_n, version=version,
             doc=(fn.__doc__ or "").strip(), test_n=TEST_N_3D if dims == 3 else TEST_N_2D))
+        return fn
+
+    return deco
+
+
+def packaged(name: str, *, dims: int, package: str, install: str):
+    """Register ``fn() -> SegDataset`` as a built-in dataset made of real data files that the
+    Python ``package`` ships (nothing is downloaded): listed when the package is installed."""
+
+    def deco(fn: Callable[[], SegDataset]) -> Callable[[], SegDataset]:
+        DATASETS.register(name)(DatasetEntry(
+            name, "packaged", dims, fn, package=package, install=install,
+            doc=(fn.__doc__ or "").strip()))
         return fn
 
     return deco

@@ -27,8 +27,8 @@ from typing import Any, Callable, Literal
 
 import numpy as np
 
-from ..errors import SpecError, did_you_mean
-from . import nnunet, real, synthetic  # noqa: F401  (registers the datasets)
+from ..errors import DataError, SpecError, did_you_mean
+from . import anatomy, nnunet, real, synthetic  # noqa: F401  (registers the datasets)
 from .arrays import to_slices
 from .base import (DATASETS, TEST_SEED_OFFSET, DataWarning, DatasetEntry, LoadOptions, OnError,
                    SegDataset, data_error, with_test_set)
@@ -106,6 +106,12 @@ def load_dataset(
         t = int(entry.test_n if test_n is None else test_n)
         path = cache and cache / f"{entry.name}-{_version(entry)}-n{n}-t{t}-s{seed}.npz"
         ds = _cached(path, lambda: _synthetic(entry, n, seed, t))
+    elif entry.kind == "packaged":  # real files shipped by a package: n and seed do not apply
+        if not _has_package(entry):
+            raise DataError(f"dataset '{name}' reads files of the Python package "
+                            f"'{entry.package}', which is not installed: {entry.install}")
+        path = cache and cache / f"{entry.name}-{_version(entry)}.npz"
+        ds = _cached(path, entry.build)
     else:
         opts = LoadOptions(seed=seed, n=n, on_error=on_error, dims=dims,
                            slices_per_case=slices_per_case)
@@ -125,6 +131,9 @@ def list_datasets(root: str | Path | None = None) -> list[str]:
         entry = DATASETS.get(name)
         if entry.kind == "synthetic":
             names.append(name)
+        elif entry.kind == "packaged":
+            if _has_package(entry):
+                names.append(name)
         elif root is not None and entry.probe and (root / entry.probe).exists():
             if entry.kind == "family":
                 names += [f"{name}{FAMILY_SEP}{m}" for m in nnunet.members(root / entry.folder)]
@@ -147,6 +156,12 @@ def expand_datasets(spec: str | list[str], root: str | Path | None = None) -> li
     for tok in filter(None, tokens):
         if tok == "all":
             hits = found
+            for name in DATASETS:
+                entry = DATASETS.get(name)
+                if entry.kind == "packaged" and name not in found:
+                    warnings.warn(f"--datasets all: skipping {name} (needs the package "
+                                  f"'{entry.package}': {entry.install})", DataWarning,
+                                  stacklevel=2)
         elif any(ch in tok for ch in "*?["):
             hits = [x for x in valid if fnmatch.fnmatch(x, tok)]
             if not hits:
@@ -164,6 +179,12 @@ def expand_datasets(spec: str | list[str], root: str | Path | None = None) -> li
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _has_package(entry: DatasetEntry) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(entry.package) is not None
 
 
 def _real_folder(entry: DatasetEntry, root: str | Path | None) -> Path:

@@ -32,6 +32,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from ..errors import SpecError
 from ..heads import init_heads
 from .augment import AugmentConfig, augment_batch, random_crop
 
@@ -100,10 +101,15 @@ class Budget:
 #: (as 20 epochs would): +450 core-s per (liver2d, seed) block, +~11 min on 2 cores, ~105 min
 #: for the 120 trials. Its 24 trials ran again; the other datasets' trials keep their keys
 #: (:func:`skipdsl.bench.runner.budget_fingerprint` hashes the budget as a trial gets it).
+#:
+#: mni2d (one real volume: 60 training slices, whatever ``n``) gets 30 epochs, so that a
+#: trial sees 1,800 training images, as the synthetic 2D sets do (109 x 10 = 1,090; liver2d
+#: 218 x 10 = 2,180); at 10 epochs it saw 600. Set before any mni2d result was looked at
+#: beyond two UNet 3+ trials (test IoU 0.58 and 0.50 at 10 epochs).
 CPU_BUDGET = Budget("cpu", epochs=10, epochs_3d=6, n=128, n_3d=24, width_scale=0.25,
                     width_scale_3d=0.125, batch_size=4, batch_size_3d=2, patch=64, patch_3d=32,
                     loss="bce_dice", hd95=True, throughput_iters=2,
-                    per_dataset={"liver2d": {"n": 256}})
+                    per_dataset={"liver2d": {"n": 256}, "mni2d": {"epochs": 30}})
 
 #: ``quick``: the default of ``bench run``: the cpu recipe with less training, so that the whole
 #: zoo (8 configurations) on the five built-in datasets, one seed (40 trials), runs in <= 20
@@ -139,6 +145,13 @@ DEFAULTS: dict[str, Any] = {
     "epochs": None,
     "n": None,
     "widths": None,  # list per level or an int base
+    # one factor on every width of the spec instead of the budget's width_scale: set by
+    # bench run --params/--flops (skipdsl.sizing.scale_to), with the target it was solved for
+    # (recorded) and, for a target the model cannot reach, the reason the trial fails
+    "width_scale": None,
+    "size_target": None,
+    "size_value": None,  # the target's value on this dataset (params, or GFLOPs per image)
+    "size_error": None,
     "batch_size": None,
     "patch": None,  # training crop size (0: whole images); None: the budget's
     "lr": 1e-3,
@@ -311,7 +324,7 @@ def _empty_result(cfg: dict[str, Any]) -> dict[str, Any]:
         "deep_supervision": bool(cfg["deep_supervision"]), "budget": cfg["budget"],
         "loss": None, "iou": nan, "dice": nan, "iou_std": nan, "dice_std": nan, "hd95": nan,
         "fp_empty": nan, "n_cases": 0, "params": 0, "gflops": nan, "images_per_s": nan,
-        "train_seconds": 0.0, "epochs": 0, "best_epoch": -1, "spec_hash": None,
+        "train_seconds": 0.0, "peak_train_mb": None, "epochs": 0, "best_epoch": -1, "spec_hash": None,
         "device": None, "curve": [], "splits": {}, "cases": None, "samples": None,
         "pruning": [], "fast": None, "fast_skipped": "", "config": dict(cfg),
     }
@@ -484,9 +497,13 @@ def _train_and_evaluate(cfg: dict[str, Any],
     result["splits"] = {k: [case_ids[i] for i in v] for k, v in splits.items()}
 
     # -- model -----------------------------------------------------------------------------
+    if cfg["size_error"]:  # bench run --params/--flops: this model cannot reach the target
+        raise SpecError(cfg["size_error"])
     widths = cfg["widths"]
     baseline = getattr(spec, "is_baseline", False)
     scale = budget.width_scale_3d if is3d else budget.width_scale
+    if cfg["width_scale"] is not None:  # matched size: the factor solved for this model
+        scale = float(cfg["width_scale"])
     if widths is None and not baseline:  # the budget scales the spec's widths (its shape)
         spec = scale_spec(spec, scale)
     widths = list(widths) if isinstance(widths, (list, tuple)) else widths
@@ -565,6 +582,8 @@ def _train_and_evaluate(cfg: dict[str, Any],
                       train_seconds=time.perf_counter() - t0)
         return result
     train_seconds = time.perf_counter() - t0
+    peak_mb = _peak_step_mb(model, cfg, loss_fn, train_x, train_y, bs, patch, aug, fast,
+                            memory_format)
     if best[2] is not None:
         model.load_state_dict(best[2])
 
@@ -601,7 +620,9 @@ def _train_and_evaluate(cfg: dict[str, Any],
         gflops=float(gflops(infer, shape)),
         images_per_s=_throughput(fast.inference(infer, fn=forward if infer is model else None),
                                  shape, eval_bs, iters, device, is3d),
-        train_seconds=train_seconds, epochs=len(curve), best_epoch=int(best[1]),
+        train_seconds=train_seconds, peak_train_mb=peak_mb, epochs=len(curve),
+        best_epoch=int(best[1]), width_scale=None if baseline else scale,
+        size_target=cfg["size_target"], size_value=cfg["size_value"],
         curve=curve, cases=cases, pruning=pruning, widths=list(infer.spec.widths),
         dims=dims, in_channels=int(ds.in_channels), num_classes=int(ds.num_classes),
         samples=_samples(raw_images[test_idx], test_y, probs, test_ids,
@@ -620,6 +641,44 @@ def _train_and_evaluate(cfg: dict[str, Any],
                    "budget": cfg["budget"], "deep_supervision": use_ds, "epochs": len(curve),
                    "best_epoch": int(best[1]), "val_iou": best[0], "test_iou": agg["iou"]})
     return result
+
+
+def _peak_step_mb(model, cfg, loss_fn, train_x, train_y, bs, patch, aug, fast,
+                  memory_format) -> float | None:
+    """Peak memory (MB) of one of the trial's training steps, measured: a copy of the model
+    and a fresh optimiser run one :func:`train_epoch` step (same batch size, patch, loss and
+    augmentation) under PyTorch's ``MemTracker`` (``torch.distributed._tools.mem_tracker``:
+    live parameters, gradients, optimiser state, activations and temporaries, tracked by
+    tensor lifetime, so it also works on the CPU, where the allocator keeps freed pages and
+    the process's resident memory does not show a step's peak). On CUDA the same figure is
+    ``torch.cuda.max_memory_allocated``. None when it cannot be measured (the tracker is a
+    private PyTorch API). The trial's random streams are left untouched."""
+    try:
+        from torch.distributed._tools.mem_tracker import MemTracker
+    except Exception:  # noqa: BLE001 - an optional measurement
+        return None
+    try:
+        with torch.random.fork_rng(devices=[]):
+            net = copy.deepcopy(model).train()
+            opt, sched, _ = recipe(net, cfg, 1)
+            gen = torch.Generator(device=train_x.device).manual_seed(0)
+            step = dict(epoch=0, batch_size=bs, steps=1, patch=patch, aug=aug, generator=gen,
+                        fast=fast, memory_format=memory_format)
+            if train_x.device.type == "cuda":
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats(train_x.device)
+                base = torch.cuda.memory_allocated(train_x.device)
+                train_epoch(net, opt, sched, loss_fn, train_x, train_y, **step)
+                torch.cuda.synchronize()
+                return (torch.cuda.max_memory_allocated(train_x.device) - base) / 2**20
+            tracker = MemTracker()
+            tracker.track_external(net, opt)
+            with tracker:
+                train_epoch(net, opt, sched, loss_fn, train_x, train_y, **step)
+            peak = tracker.get_tracker_snapshot("peak")
+            return float(sum(v.get("Total", 0) for v in peak.values())) / 2**20
+    except Exception:  # noqa: BLE001 - a measurement never fails a trial
+        return None
 
 
 def _throughput(model, shape, eval_bs, iters, device, is3d) -> float:
