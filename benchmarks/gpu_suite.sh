@@ -70,6 +70,12 @@
 #                              (4 x ~9 s) then 4 sharing at 0.25 GPU (~12 s), Ray start ~8 s
 #   summary           10    5  summary.md from the stages' files
 #   total            475  180  <= 480 s (8 minutes) on a GPU, <= 180 s (3 minutes) dry
+#
+# Owed beyond the suite (longer than one device call; results/README.md lists the others): the
+# skip schemes inside nnU-Net's full recipe (docs/nnunet.md), PlainConvUNet against UNet++,
+# UNet 3+ and UNet# on nuclei2d, 2D, 1000 epochs x 250 iterations, 5 folds (about 20 GPU-hours):
+#   python benchmarks/nnunet_compare.py --device cuda --epochs 1000 --iterations 250 \
+#     --folds 0,1,2,3,4 --n 400 --out results/nnunet-gpu
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)

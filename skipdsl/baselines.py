@@ -273,7 +273,7 @@ def _require_bottleneck(name: str, g: Geometry, k: int, norm: str) -> None:
 INSTALL = {"monai": "pip install monai==1.6.1 (a skipdsl dependency)",
            "einops": "pip install einops==0.8.2 (the 'baselines' extra, in 'all')",
            "segmentation_models_pytorch": "pip install torch==2.14.1 torchvision==0.29.1 "
-           "segmentation-models-pytorch==0.6.0 timm==1.0.31 (the 'smp' extra: smp imports "
+           "segmentation-models-pytorch==0.6.0 timm==1.0.22 (the 'smp' extra: smp imports "
            "torchvision, which needs torch 2.14)"}
 
 

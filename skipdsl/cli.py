@@ -1,4 +1,4 @@
-"""The ``skipdsl`` command: compile, validate, list, draw, predict, export, search.
+"""The ``skipdsl`` command: compile, validate, list, draw, predict, export, nnunet, search.
 
 Spec and data errors print a located message (no traceback) and exit with status 2.
 """
@@ -290,11 +290,57 @@ def build_parser() -> argparse.ArgumentParser:
     _add_overrides(ex, deep_supervision=False)
     ex.set_defaults(func=cmd_export)
 
+    nn_ = sub.add_parser("nnunet", help="skip schemes inside nnU-Net v2 (skipdsl nnunet plans)")
+    nsub = nn_.add_subparsers(dest="nnunet_command", required=True)
+    pl = nsub.add_parser("plans", help="write nnU-Net plans with the network swapped for a "
+                         "skip scheme (nnUNet_preprocessed/DATASET/PLANS_SCHEME.json)")
+    pl.add_argument("dataset", help="the dataset's id (501) or name (Dataset501_Nuclei)")
+    pl.add_argument("--scheme", required=True, help="a zoo name (unet, unetpp, unet3p, "
+                    "unetsharp, wunet) or a spec file")
+    pl.add_argument("--plans", default="nnUNetPlans", help="the plans to start from "
+                    "(default nnUNetPlans)")
+    pl.add_argument("--configurations", default=None,
+                    help="comma-separated, e.g. 2d,3d_fullres (default: every configuration "
+                    "with a PlainConvUNet)")
+    pl.add_argument("--project-channels", type=int, default=None,
+                    help="UNet 3+'s per-edge projection channels (default: scaled to the "
+                    "plan's first width)")
+    pl.add_argument("--width-multiplier", type=float, default=None,
+                    help="multiply the plan's widths (default 1; wunet: 35/32)")
+    pl.set_defaults(func=cmd_nnunet_plans)
+
     s = sub.add_parser("search", help="search skip topologies (skipdsl search run|report ...)",
                        add_help=False)
     s.add_argument("rest", nargs=argparse.REMAINDER)
     s.set_defaults(func=lambda a: _search(a.rest))
     return p
+
+
+def cmd_nnunet_plans(args) -> int:
+    from .nnunet import parameter_count, build_from_arch, write_plans
+
+    confs = [c for c in (args.configurations or "").split(",") if c] or None
+    path, plans = write_plans(args.dataset, args.scheme, plans=args.plans, configurations=confs,
+                              options={"project_channels": args.project_channels,
+                                       "width_multiplier": args.width_multiplier})
+    name = path.stem
+    dataset = path.parent.name
+    n_in, n_out = 1, 2
+    ds_json = path.parent / "dataset.json"  # nnU-Net copies it beside the plans
+    if ds_json.is_file():
+        d = json.loads(ds_json.read_text())
+        n_in, n_out = len(d.get("channel_names", {"0": ""})), len(d.get("labels", {"a": 0, "b": 1}))
+    out.print(f"wrote {path}", highlight=False)
+    for c, conf in plans["configurations"].items():
+        arch = conf.get("architecture") or {}
+        if arch.get("network_class_name") != "skipdsl.nnunet.SkipUNet":
+            continue
+        n = parameter_count(build_from_arch(arch, input_channels=n_in, num_classes=n_out))
+        out.print(f"  {c}: {args.scheme} on {arch['arch_kwargs']['n_stages']} stages, "
+                  f"{n:,} parameters ({n_in} input channels, {n_out} outputs)",
+                  highlight=False)
+        out.print(f"  nnUNetv2_train {dataset} {c} FOLD -p {name}", highlight=False)
+    return 0
 
 
 def _search(rest: list[str]) -> int:

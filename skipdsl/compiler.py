@@ -27,20 +27,40 @@ from .layers import BLOCKS, RESAMPLERS, ConvNormAct, channel_dropout, init_he, l
 from .spec import Head, Spec, load
 
 
-def check_input(x: torch.Tensor, multiple: int, channels: int, name: str) -> torch.Tensor:
-    """Raise a clear error for inputs the network cannot take; returns ``x`` unchanged."""
+def check_input(x: torch.Tensor, multiple: "int | tuple[int, ...]", channels: int,
+                name: str) -> torch.Tensor:
+    """Raise a clear error for inputs the network cannot take; returns ``x`` unchanged.
+    ``multiple``: one for every axis, or one per axis (anisotropic ``grid.strides``)."""
     spatial = tuple(x.shape[2:])
     if x.dim() != 2 + len(spatial) or x.shape[1] != channels:
         raise SpecError(f"model '{name}' expects {channels} input channels",
                         expected=f"(batch, {channels}, *spatial)", found=tuple(x.shape),
                         hint="set in_channels when compiling, or convert the images")
-    bad = [s for s in spatial if s % multiple]
+    per_axis = multiple if isinstance(multiple, tuple) else (multiple,) * len(spatial)
+    bad = [s for s, m in zip(spatial, per_axis) if s % m]
     if bad:
-        ok = [((s + multiple - 1) // multiple) * multiple for s in spatial]
-        raise SpecError(f"model '{name}': input size {spatial} is not divisible by {multiple} "
-                        f"(2^(depth-1))", expected=f"multiples of {multiple}", found=spatial,
+        ok = [((s + m - 1) // m) * m for s, m in zip(spatial, per_axis)]
+        what = (f"{multiple} (2^(depth-1))" if isinstance(multiple, int)
+                else f"{multiple} per axis (the cumulative strides)")
+        raise SpecError(f"model '{name}': input size {spatial} is not divisible by {what}",
+                        expected=f"multiples of {multiple}", found=spatial,
                         hint=f"pad or resize the input, e.g. to {tuple(ok)}")
     return x
+
+
+def _factor_label(f: "float | tuple[float, ...]", op: str) -> str:
+    """``up2``/``maxpool4``; per axis ``up1_2_2``/``maxpool1_2_2`` (fx node names)."""
+    axes = f if isinstance(f, tuple) else (f,)
+    up = any(a > 1 for a in axes)
+    parts = [str(int(round(a if up else 1 / a))) for a in axes]
+    return ("up" if up else op) + "_".join(parts)
+
+
+def _kernel_of(f: "float | tuple[float, ...]") -> "int | tuple[int, ...]":
+    """A learnable resampling's kernel = stride per axis: the factor or its inverse."""
+    if isinstance(f, tuple):
+        return tuple(int(round(max(a, 1 / a))) for a in f)
+    return int(round(max(f, 1 / f)))
 
 
 class _EdgeOps(nn.Module):
@@ -48,9 +68,10 @@ class _EdgeOps(nn.Module):
     transposed conv) and ``project``, applied in that order."""
 
 
-def _interp_kwargs(op: str, factor: float, align: bool, dims: int) -> dict[str, Any]:
+def _interp_kwargs(op: str, factor: "float | tuple", align: bool, dims: int) -> dict[str, Any]:
     mode = linear_mode(dims) if op == "bilinear" else "nearest"
-    kw: dict[str, Any] = {"scale_factor": float(factor), "mode": mode}
+    sf = tuple(float(f) for f in factor) if isinstance(factor, tuple) else float(factor)
+    kw: dict[str, Any] = {"scale_factor": sf, "mode": mode}
     if mode != "nearest":
         kw["align_corners"] = align
     return kw
@@ -102,7 +123,7 @@ def _build_modules(spec: Spec, dag: nx.DiGraph, heads: list[Head],
     for u, v, d in dag.edges(data=True):
         ops = _EdgeOps()
         c = d["src_channels"]
-        k = int(round(max(d["factor"], 1 / d["factor"])))
+        k = _kernel_of(d["factor"])
         if d.get("dropout"):
             ops.dropout = channel_dropout(d["dropout"], dims)
         if d["op"] != "identity" and RESAMPLERS.get(d["op"]).learnable:
@@ -161,8 +182,7 @@ def _emit_node(graph: fx.Graph, spec: Spec, dag: nx.DiGraph, v: str,
             key = (u if t is values[u] else eid, d["op"], d["factor"], d["align_corners"])
             if key not in shared:
                 fn, kw = RESAMPLERS.get(d["op"]).fn(dims, d["factor"], d["align_corners"])
-                label = (f"up{int(d['factor'])}" if d["factor"] > 1
-                         else f"{d['op']}{int(round(1 / d['factor']))}")
+                label = _factor_label(d["factor"], d["op"])
                 shared[key] = graph.create_node("call_function", fn, (t,), kw,
                                                 name=f"{key[0]}_{label}")
             t = shared[key]
@@ -262,7 +282,9 @@ def _emit(spec: Spec, dag: nx.DiGraph, heads: list[Head], use_cgm: bool,
     dims = spec.dims
     graph = fx.Graph()
     x = graph.placeholder("x")
-    x = graph.call_function(check_input, (x, spec.input_multiple, spec.in_channels, spec.name))
+    per_axis = spec.input_multiples  # one int where every axis agrees
+    multiple = per_axis if len(set(per_axis)) > 1 else spec.input_multiple
+    x = graph.call_function(check_input, (x, multiple, spec.in_channels, spec.name))
     values: dict[str, fx.Node] = {INPUT: x}
     shared: dict[tuple, fx.Node] = {}
     edge_mods = getattr(root, "edges", nn.Module())
@@ -294,10 +316,12 @@ def _emit(spec: Spec, dag: nx.DiGraph, heads: list[Head], use_cgm: bool,
         t = graph.create_node("call_module", f"heads.{h.node}", (values[h.node],),
                               name=f"head_{h.node}")
         scale = dag.nodes[h.node]["scale"]  # 2**level (2**(level+1) over a stride-2 stem)
-        if h.match == "upsample" and scale > 1:
+        if h.match == "upsample" and (any(a > 1 for a in scale) if isinstance(scale, tuple)
+                                      else scale > 1):
+            label = scale if isinstance(scale, int) else _factor_label(scale, "up")[2:]
             t = graph.create_node("call_function", F.interpolate, (t,),
                                   _interp_kwargs("bilinear", scale, True, dims),
-                                  name=f"head_{h.node}_up{scale}")
+                                  name=f"head_{h.node}_up{label}")
         if use_cgm and h.cgm:
             src = _cgm_key(h)
             if src not in cls:

@@ -87,8 +87,10 @@ def _rule_sources(rule: str, i: int, j: int, nodes: set, depth: int, min_k: int 
     return [c for c in cand if c in nodes]
 
 
-def _merged_block(spec: Spec, name: str, kind: str) -> dict[str, Any]:
+def _merged_block(spec: Spec, name: str, kind: str, level: int = 0) -> dict[str, Any]:
     block = spec.defaults.block.model_dump()
+    if spec.grid.kernels is not None:  # the level's kernel (grid.kernels) over the default
+        block["kernel"] = spec.level_kernel(level)
     part = spec.encoder if kind == "encoder" else spec.decoder
     for cfg in (part, spec.node_overrides.get(name)):
         if cfg is not None and cfg.block:
@@ -98,8 +100,34 @@ def _merged_block(spec: Spec, name: str, kind: str) -> dict[str, Any]:
                 raise SpecError(f"unknown block key '{k}'", file=spec.source, node=name,
                                 hint=did_you_mean(k, block))
             block.update(cfg.block)
+    if kind == "encoder" and spec.encoder.downsample == "block":
+        stride = spec.level_strides[level]  # the first conv strides (nnU-Net's encoder)
+        if any(st != 1 for st in stride):
+            if block["type"] != "conv":
+                raise SpecError(f"encoder.downsample: block needs conv blocks (found "
+                                f"'{block['type']}')", file=spec.source, node=name,
+                                hint="use block type conv, or downsample on the edges")
+            block["stride"] = stride[0] if len(set(stride)) == 1 else list(stride)
     # options that no one set are left out: the blocks' own defaults apply, hashes are stable
     return {k: v for k, v in block.items() if v is not None}
+
+
+def scale_ratio(a: "int | tuple", b: "int | tuple", dims: int) -> "float | tuple[float, ...]":
+    """The factor from scale ``a`` to scale ``b`` (> 1 upsamples): one float where every axis
+    agrees, else one per axis (anisotropic ``grid.strides``)."""
+    if not isinstance(a, tuple) and not isinstance(b, tuple):
+        return float(a) / float(b)
+    ta = a if isinstance(a, tuple) else (a,) * dims
+    tb = b if isinstance(b, tuple) else (b,) * dims
+    out = tuple(float(x) / float(y) for x, y in zip(ta, tb))
+    return out[0] if len(set(out)) == 1 else out
+
+
+def factor_direction(f: "float | tuple[float, ...]") -> int:
+    """+1 if a factor upsamples (on some axis), -1 if it downsamples, 0 if it keeps the scale.
+    Cumulative strides only grow with the level, so no factor does both."""
+    axes = f if isinstance(f, tuple) else (f,)
+    return 1 if any(a > 1 for a in axes) else (-1 if any(a < 1 for a in axes) else 0)
 
 
 def _node_setting(spec: Spec, name: str, kind: str, key: str):
@@ -147,12 +175,12 @@ def build_graph(spec: "Spec | str", *, check: bool = True) -> nx.DiGraph:
                        aggregate="concat", checkpoint=False, order="shallow_first",
                        width_cfg=BACKBONES.get(backbone).channels[i])
             continue
-        block = _merged_block(spec, name, kind)
+        block = _merged_block(spec, name, kind, i)
         for reg, key in ((BLOCKS, "type"), (NORMS, "norm"), (ACTS, "act")):
             if block[key] not in reg:
                 raise SpecError(f"unknown {reg.kind} '{block[key]}'", file=src, node=name,
                                 hint=did_you_mean(block[key], reg))
-        g.add_node(name, level=i, column=j, kind=kind, block=block, scale=2 ** (i + s0),
+        g.add_node(name, level=i, column=j, kind=kind, block=block, scale=spec.level_scale(i),
                    aggregate=_node_setting(spec, name, kind, "aggregate") or spec.defaults.aggregate,
                    width_cfg=_node_setting(spec, name, kind, "width") or widths[i],
                    checkpoint=bool(_node_setting(spec, name, kind, "checkpoint")),
@@ -170,14 +198,19 @@ def build_graph(spec: "Spec | str", *, check: bool = True) -> nx.DiGraph:
             raise SpecError("an edge from a node to itself", file=src, edge=(u, v),
                             hint="remove it")
         li = g.nodes[u]["level"]
-        factor = 2.0 ** (li - b[0])
-        if scale is not None and abs(scale - factor) > 1e-9:
+        if spec.grid.strides is None or u == INPUT:
+            factor = 2.0 ** (li - b[0])
+        else:  # from the cumulative strides per axis
+            factor = scale_ratio(g.nodes[u]["scale"], g.nodes[v]["scale"], spec.dims)
+        if scale is not None and (isinstance(factor, tuple) or abs(scale - factor) > 1e-9):
             raise SpecError("edge scale does not fit the grid", file=src, edge=(u, v),
-                            expected=f"scale {factor:g} (2^(level {li} - level {b[0]}))",
+                            expected=f"scale {factor} (level {li} -> level {b[0]})",
                             found=f"scale {scale:g}", hint="drop 'scale' or connect other levels")
         rs = rs or default_rs
-        op = "identity" if factor == 1 else (rs.up if factor > 1 else rs.down)
-        if kind == "down" and backbone:  # the backbone stage downsamples itself
+        way = factor_direction(factor)
+        op = "identity" if way == 0 else (rs.up if way > 0 else rs.down)
+        if kind == "down" and (backbone or spec.encoder.downsample == "block"):
+            # the backbone stage (or the block's strided first conv) downsamples itself
             g.add_edge(u, v, kind=kind, factor=factor, op="identity", in_block=True,
                        align_corners=rs.align_corners, resample=None, dropout=None, project=None)
             return

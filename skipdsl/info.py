@@ -86,8 +86,9 @@ def model_cost(model: nn.Module, size: int | tuple[int, ...] = 96) -> ModelCost:
         ins = [u for u, _, _ in sorted(dag.in_edges(n, data=True), key=lambda e: e[2]["order"])]
         paths = [n] + [f"edges.{u}__{n}" for u in ins]
         spatial = 1
-        for s in shape:
-            spatial *= s // d["scale"]
+        sc = d["scale"] if isinstance(d["scale"], tuple) else (d["scale"],) * len(shape)
+        for s, f in zip(shape, sc):
+            spatial *= s // f
         nodes.append(NodeCost(
             node=n, level=d["level"], column=d["column"], kind=d["kind"],
             in_channels=d["in_channels"], width=d["width"], inputs=ins,

@@ -105,7 +105,8 @@ def channel_dropout(p: float, dims: int) -> nn.Module:
 
 
 class ConvNormAct(nn.Module):
-    """conv(k x k, 'same' padding) -> norm -> act: the unit every block is made of."""
+    """conv(k x k, 'same' padding) -> norm -> act: the unit every block is made of. ``kernel``
+    and ``stride`` take an int or one per axis (nnU-Net's anisotropic plans)."""
 
     def __init__(
         self,
@@ -113,18 +114,29 @@ class ConvNormAct(nn.Module):
         out_channels: int,
         *,
         dims: int = 2,
-        kernel: int = 3,
+        kernel: "int | list[int]" = 3,
         norm: str = "batch",
         act: str = "relu",
         bias: bool = True,
+        stride: "int | list[int]" = 1,
     ) -> None:
         super().__init__()
-        self.conv = conv_cls(dims)(in_channels, out_channels, kernel, padding=kernel // 2, bias=bias)
+        kw: dict[str, Any] = {} if stride == 1 else {"stride": _axes(stride)}
+        self.conv = conv_cls(dims)(in_channels, out_channels, _axes(kernel),
+                                   padding=_same_padding(kernel), bias=bias, **kw)
         self.norm = NORMS.get(norm)(out_channels, dims)
         self.act = make_act(act, out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.norm(self.conv(x)))
+
+
+def _axes(v: "int | list[int] | tuple[int, ...]") -> "int | tuple[int, ...]":
+    return v if isinstance(v, int) else tuple(int(a) for a in v)
+
+
+def _same_padding(kernel: "int | list[int] | tuple[int, ...]") -> "int | tuple[int, ...]":
+    return kernel // 2 if isinstance(kernel, int) else tuple(int(k) // 2 for k in kernel)
 
 
 class ResidualBlock(nn.Sequential):
@@ -154,16 +166,22 @@ def conv_block(
     act: str = "relu",
     bias: bool = True,
     residual: bool = False,
+    stride: "int | list[int]" = 1,
 ) -> nn.Module:
     """(conv k x k, norm, act) x repeats; the VGG block of the UNet family when repeats=2.
 
     With ``residual`` the input is added back (through a 1x1 conv when the widths differ).
+    ``stride`` (an int or one per axis): the first conv's, a block that downsamples (nnU-Net's
+    ``StackedConvBlocks``; ``encoder: {downsample: block}``).
     """
     units = [
         ConvNormAct(in_channels if r == 0 else out_channels, out_channels, dims=dims,
-                    kernel=kernel, norm=norm, act=act, bias=bias)
+                    kernel=kernel, norm=norm, act=act, bias=bias,
+                    **({"stride": stride} if r == 0 and stride != 1 else {}))
         for r in range(repeats)
     ]
+    if residual and stride != 1:
+        raise ValueError("a residual conv block cannot stride (its shortcut keeps the size)")
     if not residual:
         return nn.Sequential(*units)
     shortcut = (
@@ -277,7 +295,7 @@ class ResampleConv(nn.Module):
 
 
 def _learnable(cls_of: Callable[[int], type[nn.Module]]) -> Callable[..., nn.Module]:
-    def build(in_channels: int, out_channels: int, factor: int, dims: int, *,
+    def build(in_channels: int, out_channels: int, factor: "int | tuple[int, ...]", dims: int, *,
               norm: str | None = None, act: str | None = None,
               bias: bool | None = None) -> nn.Module:
         conv = cls_of(dims)(in_channels, out_channels, factor, stride=factor,
@@ -290,15 +308,17 @@ def _learnable(cls_of: Callable[[int], type[nn.Module]]) -> Callable[..., nn.Mod
 
 
 def _pool(fn_of: Callable[[int], Callable]):
-    def fn(dims: int, factor: float, align_corners: bool):
-        k = int(round(1 / factor))
+    def fn(dims: int, factor: "float | tuple[float, ...]", align_corners: bool):
+        k = (tuple(int(round(1 / f)) for f in factor) if isinstance(factor, tuple)
+             else int(round(1 / factor)))
         return fn_of(dims), {"kernel_size": k, "stride": k}
     return fn
 
 
 def _interp(mode: str | None):
-    def fn(dims: int, factor: float, align_corners: bool):
-        kw: dict[str, Any] = {"scale_factor": float(factor), "mode": mode or linear_mode(dims)}
+    def fn(dims: int, factor: "float | tuple[float, ...]", align_corners: bool):
+        sf = tuple(float(f) for f in factor) if isinstance(factor, tuple) else float(factor)
+        kw: dict[str, Any] = {"scale_factor": sf, "mode": mode or linear_mode(dims)}
         if mode is None:
             kw["align_corners"] = align_corners
         return F.interpolate, kw

@@ -7,6 +7,8 @@ PyTorch ("you tried to allocate 36018434359296 bytes").
 """
 from __future__ import annotations
 
+import math
+
 import os
 
 from .errors import SpecError
@@ -37,7 +39,8 @@ def estimate_params(dag, dims: int, spec=None) -> dict[str, int]:
         b = d["block"]
         if b.get("type") == "identity":
             continue
-        k = int(b.get("kernel") or 3) ** dims
+        kern = b.get("kernel") or 3  # an int, or one per axis (grid.kernels)
+        k = math.prod(kern) if isinstance(kern, list) else int(kern) ** dims
         r = int(b.get("repeats") or 1)
         cin, w = int(d.get("in_channels") or 0), int(d.get("width") or 0)
         out[n] = k * (cin * w + (r - 1) * w * w)

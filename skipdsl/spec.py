@@ -134,10 +134,14 @@ class NodeConfig(_Model):
 
 class EncoderConfig(NodeConfig):
     """The encoder column's settings; ``backbone`` puts a torchvision network's stages there
-    (skipdsl.backbones), ``weights`` is ``none`` or the path of its state dict (local only)."""
+    (skipdsl.backbones), ``weights`` is ``none`` or the path of its state dict (local only).
+    ``downsample: block``: each encoder node's first conv has its level's stride (nnU-Net's
+    PlainConvEncoder, Isensee et al. 2021) instead of a separate resampling on the down edge
+    (``edge``, the default: ``defaults.resample.down``)."""
 
     backbone: str | None = None
     weights: str | None = None
+    downsample: Literal["edge", "block"] | None = None
 
     @field_validator("backbone")
     @classmethod
@@ -238,12 +242,50 @@ class Widths(_Model):
     multipliers: list[Annotated[float, Field(gt=0, allow_inf_nan=False)]] | None = None
 
 
+def _per_level(v: list, what: str, check) -> list:
+    """Checks one entry per level (an int, or one int per axis); errors name level and axis."""
+    for lvl, e in enumerate(v):
+        axes = e if isinstance(e, list) else [e]
+        if not axes:
+            raise ValueError(f"grid.{what}[{lvl}] (level {lvl}) is empty; give an int or one "
+                             "int per axis")
+        for ax, k in enumerate(axes):
+            problem = check(k)
+            if problem:
+                where = f"level {lvl}, axis {ax}" if isinstance(e, list) else f"level {lvl}"
+                raise ValueError(f"grid.{what} at {where}: {k} {problem}")
+    return v
+
+
 class Grid(_Model):
-    depth: int = Field(ge=3, le=6)
+    depth: int = Field(ge=3, le=10)
     widths: list[int] | Widths
     # a rectangular grid: nodes x_i_j with j < columns on every level (a feature pyramid needs
     # nodes on its deepest level); default: the UNet triangle, i + j < depth
     columns: int | None = Field(None, ge=2, le=12)
+    # per level (the first: the input level, usually 1) the stride into it, an int or one per
+    # axis (nnU-Net's anisotropic plans: [[1,1,1],[1,2,2],[2,2,2],...]); unset: 1 then 2s.
+    # Every resampling scale is derived from the cumulative strides per axis.
+    strides: list[int | list[int]] | None = None
+    # per level the blocks' kernel size, an int or one per axis ([1,3,3]); unset:
+    # defaults.block.kernel everywhere
+    kernels: list[int | list[int]] | None = None
+
+    @field_validator("strides")
+    @classmethod
+    def _strides(cls, v):
+        if v is None:
+            return v
+        return _per_level(v, "strides", lambda k: None if isinstance(k, int) and k >= 1
+                          else "is not a stride (an int >= 1)")
+
+    @field_validator("kernels")
+    @classmethod
+    def _kernels(cls, v):
+        if v is None:
+            return v
+        return _per_level(v, "kernels", lambda k: None if isinstance(k, int) and k >= 1 and k % 2
+                          else "is not a kernel size (an odd int >= 1: 'same' padding)")
 
     def level_widths(self) -> list[int]:
         if isinstance(self.widths, list):
@@ -315,6 +357,29 @@ class Spec(_Model):
             )
         if any(w <= 0 for w in widths):
             raise ValueError(f"grid.widths must be positive, found {widths}")
+        for what in ("strides", "kernels"):
+            v = getattr(self.grid, what)
+            if v is None:
+                continue
+            if len(v) != self.grid.depth:
+                raise ValueError(f"grid.{what} has {len(v)} entries but grid.depth is "
+                                 f"{self.grid.depth}; give one per level (the first for level 0)")
+            for lvl, e in enumerate(v):
+                if isinstance(e, list) and len(e) != self.dims:
+                    raise ValueError(f"grid.{what} at level {lvl} has {len(e)} axes but the spec "
+                                     f"is {self.dims}D; give {self.dims} values or one int")
+        if self.grid.strides is not None:
+            if self.encoder.backbone:
+                raise ValueError("grid.strides does not apply over a backbone (its stages fix "
+                                 "the strides); remove one of them")
+            first = self.level_strides[0]
+            if any(s != 1 for s in first) and self.encoder.downsample != "block":
+                raise ValueError(f"grid.strides at level 0 is {list(first)}: a stride into the "
+                                 "input level needs 'encoder: {downsample: block}' (the first "
+                                 "conv strides); or make it 1")
+        if self.encoder.downsample == "block" and self.encoder.backbone:
+            raise ValueError("encoder.downsample does not apply over a backbone (its stages "
+                             "downsample themselves)")
         if self.pyramid is not None:
             if self.heads or self.deep_supervision or self.cgm:
                 raise ValueError("a pyramid spec outputs its levels: heads, deep_supervision and "
@@ -357,9 +422,43 @@ class Spec(_Model):
         return BACKBONES.get(self.encoder.backbone).first_scale_log2
 
     @property
+    def level_strides(self) -> list[tuple[int, ...]]:
+        """Per level, the stride into it per axis (``grid.strides``; unset: 1, then 2s)."""
+        if self.grid.strides is None:
+            return [(1,) * self.dims] + [(2,) * self.dims] * (self.depth - 1)
+        return [tuple(e) if isinstance(e, list) else (e,) * self.dims for e in self.grid.strides]
+
+    def level_scale(self, level: int) -> "int | tuple[int, ...]":
+        """How much smaller than the input level ``level`` is: ``2**level`` (times a backbone
+        stem's 2), or with ``grid.strides`` the cumulative stride per axis, one int where every
+        axis agrees (a tuple only for anisotropic levels)."""
+        if self.grid.strides is None:
+            return 2 ** (level + self.first_scale_log2)
+        out = [1] * self.dims
+        for st in self.level_strides[:level + 1]:
+            out = [a * b for a, b in zip(out, st)]
+        return out[0] if len(set(out)) == 1 else tuple(out)
+
+    def level_kernel(self, level: int) -> "int | list[int] | None":
+        """``grid.kernels`` at ``level`` (None: unset)."""
+        if self.grid.kernels is None:
+            return None
+        k = self.grid.kernels[level]
+        return k[0] if isinstance(k, list) and len(set(k)) == 1 else k
+
+    @property
+    def input_multiples(self) -> tuple[int, ...]:
+        """Per axis, what input sizes must be multiples of: the deepest level's scale."""
+        s = self.level_scale(self.depth - 1)
+        return s if isinstance(s, tuple) else (s,) * self.dims
+
+    @property
     def input_multiple(self) -> int:
-        """Input sizes must be multiples of this: the deepest level's downsampling."""
-        return 2 ** (self.depth - 1 + self.first_scale_log2)
+        """Input sizes must be multiples of this: the deepest level's downsampling (with
+        anisotropic ``grid.strides``, a common multiple of every axis's)."""
+        if self.grid.strides is None:
+            return 2 ** (self.depth - 1 + self.first_scale_log2)
+        return math.lcm(*self.input_multiples)
 
     @property
     def main_head(self) -> Head:

@@ -77,7 +77,7 @@ def test_widths_of_wrong_length(write_spec):
 
 def test_depth_out_of_range(write_spec):
     with pytest.raises(SpecError) as e:
-        load_text(write_spec, BASE.replace("depth: 4", "depth: 9"))
+        load_text(write_spec, BASE.replace("depth: 4", "depth: 11"))
     assert "grid.depth" in str(e.value) and e.value.line == 3
 
 

@@ -130,6 +130,17 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("-o", "--out", required=True, help="output .png")
     show.add_argument("-n", type=int, default=4)
     show.add_argument("--data-root", default=None)
+    exp = dsub.add_parser("export", help="write a dataset as an nnU-Net v2 raw dataset "
+                          "(OUT/DatasetXXX_Name: dataset.json, imagesTr, labelsTr, imagesTs)")
+    exp.add_argument("name")
+    exp.add_argument("--format", default="nnunet", choices=["nnunet"])
+    exp.add_argument("--id", type=int, required=True, help="nnU-Net dataset id (1..999)")
+    exp.add_argument("--out", required=True, help="folder, e.g. $nnUNet_raw")
+    exp.add_argument("--n", type=int, default=None, help="synthetic: train + val samples")
+    exp.add_argument("--test-n", type=int, default=None, help="synthetic: test samples")
+    exp.add_argument("--seed", type=int, default=0)
+    exp.add_argument("--data-root", default=None)
+    exp.add_argument("--cache-dir", default=None)
     dls = dsub.add_parser("list", help="list datasets")
     dls.add_argument("--data-root", default=None)
     cmp = dsub.add_parser("compare", help="KID between image sets (realism / shift check): "
@@ -293,6 +304,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                         cache_dir=a.cache_dir)
             print(r["markdown"].read_text())
             print(f"written: {r['markdown']}, {r['picture']}")
+            return 0
+        if a.cmd == "datasets" and a.dcmd == "export":
+            from skipdsl.data import load_dataset
+            from skipdsl.data.nnunet import export_nnunet
+
+            ds = load_dataset(a.name, root=a.data_root, seed=a.seed, n=a.n, test_n=a.test_n,
+                              cache_dir=a.cache_dir)
+            folder = export_nnunet(ds, a.out, a.id)
+            n_tr = len(list((folder / "labelsTr").iterdir()))
+            n_ts = len(list((folder / "labelsTs").iterdir()))
+            print(f"wrote {folder} ({n_tr} training cases, {n_ts} test cases)")
+            print(f"next: nnUNetv2_plan_and_preprocess -d {a.id} --verify_dataset_integrity")
             return 0
         if a.cmd == "datasets" and a.dcmd == "show":
             from skipdsl.data import show

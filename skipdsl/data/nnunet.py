@@ -14,6 +14,7 @@ foreground 0.5-99.5 percentiles and z-score with the foreground mean/std; ``noNo
 """
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -216,3 +217,63 @@ def nnunet_dataset(folder: Path, opts: LoadOptions) -> SegDataset:
     if [c.casefold() for c in spec["channels"]] == ["r", "g", "b"]:
         ds.meta["display"] = "rgb"
     return ds
+
+
+# --------------------------------------------------------------------------- writer
+
+
+def _nnunet_name(name: str) -> str:
+    """A dataset name as nnU-Net folder names take it (``nuclei2d`` -> ``Nuclei2d``)."""
+    clean = re.sub(r"[^A-Za-z0-9]+", "", name.replace("nnunet:", ""))
+    return clean[:1].upper() + clean[1:]
+
+
+def export_nnunet(ds: SegDataset, out: str | Path, dataset_id: int, *,
+                  name: str | None = None) -> Path:
+    """Write ``ds`` as an nnU-Net v2 raw dataset: ``OUT/DatasetXXX_Name/{dataset.json,
+    imagesTr, labelsTr, imagesTs, labelsTs}``; returns the dataset folder.
+
+    The train and val splits become the training cases (nnU-Net makes its own
+    cross-validation folds), the test split ``imagesTs`` (with ``labelsTs``, which nnU-Net
+    does not read, for scoring its predictions). Each image channel is one ``.nii.gz`` file
+    (2D images as 2D files, read by nnU-Net's SimpleITKIO) with channel name ``zscore``
+    (the images are already normalised; nnU-Net z-scores them again); the masks become one
+    label map, class k = value k (where channels overlap, the later class is written on top).
+    """
+    import SimpleITK as sitk
+
+    if not 0 < int(dataset_id) < 1000:
+        raise data_error(Path(str(out)), f"dataset id {dataset_id} is not in 1..999",
+                         "give --id between 1 and 999 (nnU-Net uses 3 digits; 500+ are free)")
+    folder = Path(out) / f"Dataset{int(dataset_id):03d}_{name or _nnunet_name(ds.name)}"
+    if folder.exists() and any(folder.iterdir()):
+        raise data_error(folder, "the dataset folder exists and is not empty",
+                         "remove it or choose another --id/--out (nothing was overwritten)")
+    for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+
+    def write(arr: np.ndarray, path: Path) -> None:
+        sitk.WriteImage(sitk.GetImageFromArray(arr), str(path), True)
+
+    train = np.concatenate([ds.splits.get("train", []), ds.splits.get("val", [])]).astype(int)
+    test = np.asarray(ds.splits.get("test", []), dtype=int)
+    n_train = 0
+    for part, idx in (("Tr", sorted(train)), ("Ts", sorted(test))):
+        for k, i in enumerate(idx):
+            case = f"case_{part.lower()}{k:04d}"
+            for c in range(ds.in_channels):
+                write(ds.images[i, c].astype(np.float32), folder / f"images{part}" /
+                      f"{case}_{c:04d}.nii.gz")
+            lab = np.zeros(ds.spatial_shape, np.uint8)
+            for c in range(ds.num_classes):
+                lab[ds.masks[i, c] > 0] = c + 1
+            write(lab, folder / f"labels{part}" / f"{case}.nii.gz")
+            n_train += part == "Tr"
+    spec = {"channel_names": {str(c): "zscore" for c in range(ds.in_channels)},
+            "labels": {"background": 0, **{n: k + 1 for k, n in enumerate(ds.class_names)}},
+            "numTraining": n_train, "file_ending": ".nii.gz",
+            "name": folder.name.split("_", 1)[1],
+            "description": f"skipdsl built-in dataset '{ds.name}' (seed "
+                           f"{ds.meta.get('seed')}), exported by bench datasets export"}
+    (folder / "dataset.json").write_text(json.dumps(spec, indent=2))
+    return folder

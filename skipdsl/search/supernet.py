@@ -45,7 +45,7 @@ import torch
 from torch import fx, nn
 
 from ..errors import SpecError
-from ..graph import INPUT, build_graph
+from ..graph import INPUT, build_graph, factor_direction
 from ..spec import Spec, from_dict, node_id, parse_node, scale_spec
 from .space import OFF, ON, SearchSpace, SupernetSettings, choices_of, grid_node_ids, load_space
 
@@ -143,7 +143,7 @@ def superset_spec(space: SearchSpace, *, in_channels: int | None = None,
                                 "project": {"channels": int(ch), "kernel": settings.kernel}}
         rs: dict[str, Any] = {}
         if d["op"] != "identity":
-            rs["up" if d["factor"] > 1 else "down"] = d["op"]
+            rs["up" if factor_direction(d["factor"]) > 0 else "down"] = d["op"]
             rs["align_corners"] = d["align_corners"]
             rs.update(d["resample"] or {})
         if rs:
