@@ -29,7 +29,8 @@ from .spec import Edge, EdgeRule, Head, Resample, Spec, load, node_id, parse_nod
 INPUT = "input"
 
 
-def _node_set(spec: Spec) -> list[tuple[int, int]]:
+def node_positions(spec: Spec) -> list[tuple[int, int]]:
+    """The grid positions (level, column) of a spec's nodes, in order."""
     d = spec.depth
     if spec.nodes == "triangle":
         return [(i, j) for i in range(d) for j in range(d - i)]
@@ -147,7 +148,7 @@ def build_graph(spec: "Spec | str", *, check: bool = True) -> nx.DiGraph:
     spec = load(spec)
     src = spec.source
     depth, widths = spec.depth, spec.widths
-    pos = _node_set(spec)
+    pos = node_positions(spec)
     nodes = set(pos)
     g = nx.DiGraph(name=spec.name, dims=spec.dims, depth=depth, in_channels=spec.in_channels,
                    num_classes=spec.num_classes, source=src)
