@@ -10,7 +10,7 @@ thread (the runner gives each of the two side-by-side trials one CPU; ``--thread
 per configuration (model x deep supervision), timed INTERLEAVED (each repetition in a rotated
 order, ``--steps`` steps each), best and median images/s:
 
-- ``hand``: the hand-written reference (:mod:`skipdsl.bench.reference_models`, the same weights)
+- ``hand``: the hand-written reference (``benchmarks/reference_models.py``, the same weights)
   in eager mode, contiguous memory (DS off only: the references have one head);
 - ``compiled``: ``skipdsl.compile``, contiguous (the trainer's CPU default before issue 24);
 - ``compiled+cl``: channels_last model and batches (the trainer's ``channels_last: true``);
@@ -34,15 +34,12 @@ import sys
 import time
 from pathlib import Path
 
-try:
-    import skipdsl  # noqa: F401
-except ImportError:  # a checkout without an install: the package beside this folder
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ and a checkout
 
 import torch
 
 import skipdsl
-from skipdsl.bench import reference_models as refs
+from benchmarks import reference_models as refs
 from skipdsl.fast import FastPath
 from skipdsl.losses import build_loss
 from skipdsl.spec import scale_spec

@@ -3,7 +3,7 @@
 # on one H100/H200, offline. It writes results/gpu/<device>/ (e.g. results/gpu/nvidia-h200/):
 # summary.md (the figures beside REFERENCE.md section 3 and the targets, each stage's status),
 # commands.sh (every command as run), logs/, and one output per stage. The stages themselves
-# are skipdsl/bench/gpu_suite.py (`bench gpu-suite`); this script installs the wheel bundle
+# are benchmarks/gpu_suite.py; this script installs the wheel bundle
 # first and counts that in the 8 minutes.
 #
 # Once, on a machine with a package index, in the repository root (into .whl/, git-ignored):
@@ -27,7 +27,7 @@
 # Budget, seconds of wall time. Each stage is stopped at its limit (SIGINT 5 s before it, a
 # fifth of it for limits under 25 s, then SIGKILL for its process group) and keeps what it
 # finished; a deadline of start + 480 s (dry run: 180 s) caps every limit. The numbers are
-# skipdsl/bench/gpu_suite.py's STAGES, SETUP_S and SUMMARY_S, and tests/test_gpu_suite.py
+# benchmarks/gpu_suite.py's STAGES, SETUP_S and SUMMARY_S, and tests/test_gpu_suite.py
 # checks that this table says the same. A number in parentheses costs no wall time: the stage
 # runs beside another, within that one's limit. The dry run groups its stages differently (its
 # toy stages time nothing, and each process spends most of its seconds importing torch and
@@ -59,7 +59,7 @@
 #   speed-2d-fast     75  (40) bench speed --fast, UNet# first: with warm caches ~5-10 s of
 #                              tracing and capture a kind, then timing; what is not reached by
 #                              75 s is listed as not measured
-#   memory-2d         35  (40) bench memory, UNet# and UNet 3+, 96x96 batch 128, bf16 +
+#   memory-2d         35  (40) memory.py, UNet# and UNet 3+, 96x96 batch 128, bf16 +
 #                              channels_last: hand-written, compiled, recompute=resample, 1
 #                              warm-up + 1 gradient check + 1 memory + 3 x 2 timed = 9 steps a
 #                              kind: UNet# (~0.25 s a step) ~7 s + start-up ~10 s; UNet 3+
@@ -92,4 +92,4 @@ case " $* " in
     ;;
 esac
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-exec "$py" -m skipdsl.bench.cli gpu-suite --started-at "$start" "$@"
+exec "$py" benchmarks/gpu_suite.py --started-at "$start" "$@"

@@ -25,11 +25,10 @@ import torch
 
 def _dataset(result: dict):
     from skipdsl.data import load_dataset
-    from skipdsl.train import trainer
+    from skipdsl.train.common import plan_trial
 
     cfg = result["config"]
-    n = cfg.get("n") or trainer._budget_n(trainer.BUDGETS[cfg["budget"]], cfg["dataset"],
-                                          cfg.get("data_root"))
+    n = plan_trial(cfg).n  # the images the trial loaded
     ds = load_dataset(cfg["dataset"], root=cfg.get("data_root"), seed=int(cfg.get("data_seed") or 0),
                       n=n, cache_dir=cfg.get("cache_dir"))
     test = np.asarray(ds.splits["test"])

@@ -2,13 +2,15 @@
 
     >>> import skipdsl
     >>> model = skipdsl.compile("unetsharp", dims=3, widths=[4, 8, 16, 32, 64])
+    >>> skipdsl.list_models(task="semantic", dims=3)   # every model built by name
+    >>> net = skipdsl.create_model("maskrcnn_sharp")    # zoo specs, baselines, Mask R-CNN
 """
 from .compiler import compile, main_logits, prune
 from .errors import DataError, SpecError
-from .graph import build_graph, canonical_hash
-from .spec import Spec, list_models, load, loads
-
-__version__ = "0.1.0"
+from .graph import build_graph, canonical_hash, spec_hash
+from .models import create_model, list_models
+from .spec import Spec, load, loads
+from .version import __version__
 
 
 def graph(spec):
@@ -24,19 +26,6 @@ def load_checkpoint(path, *, spec=None):
     return _load(path, spec=spec)
 
 
-def spec_hash(spec) -> str:
-    """Canonical hash of a spec's network: same topology and settings, same hash. A library
-    baseline (:mod:`skipdsl.baselines`) hashes its name, class and fixed settings."""
-    if getattr(spec, "is_baseline", False):
-        return spec.hash()
-    s = load(spec)
-    heads = [f"{h.node}:{h.kernel}:{h.match}" + (f":{h.type}" if h.type else "") for h in s.heads]
-    if s.pyramid is not None:  # a feature pyramid's levels and output convs
-        p = s.pyramid
-        heads += [f"pyramid:{','.join(p.nodes)}:{p.channels}:{p.kernel}:{p.pool}"]
-    return canonical_hash(build_graph(s), heads)
-
-
-__all__ = ["compile", "prune", "main_logits", "load", "loads", "graph", "spec_hash",
-           "list_models", "Spec", "SpecError", "DataError", "build_graph", "canonical_hash",
-           "load_checkpoint"]
+__all__ = ["compile", "create_model", "list_models", "prune", "main_logits", "load", "loads",
+           "graph", "spec_hash", "Spec", "SpecError", "DataError", "build_graph",
+           "canonical_hash", "load_checkpoint", "__version__"]

@@ -53,10 +53,10 @@ import torch
 from torch import nn
 
 from .errors import SpecError
-from .registry import Registry
+from .registry import Registry, register_model
 
 __all__ = ["BASELINES", "Baseline", "BaselineNet", "Geometry", "lookup", "list_baselines",
-           "nnunet_plan", "describe", "scale_from_widths", "table3", "TABLE3_FIRST"]
+           "nnunet_plan", "describe", "scale_from_widths"]
 
 #: Bump when a builder's fixed settings change: it is part of every baseline's hash.
 BASELINE_VERSION = 1
@@ -186,11 +186,36 @@ def baseline(name: str, *, cls: str, dims: Sequence[int], description: str, scal
     """Register ``builder(geometry, width_scale)`` as baseline ``name``."""
 
     def deco(fn: Builder) -> Builder:
-        BASELINES.register(name)(Baseline(name, cls, tuple(dims), description, scaled,
-                                          dict(fixed or {}), fn))
+        b = Baseline(name, cls, tuple(dims), description, scaled, dict(fixed or {}), fn)
+        BASELINES.register(name)(b)
+        register_model(name, task="semantic", dims=b.dims, source="baseline",
+                       description=f"{cls}: {description}")(_model_builder(b))
         return fn
 
     return deco
+
+
+def _model_builder(b: Baseline) -> Callable[..., nn.Module]:
+    """``skipdsl.create_model(name, ...)`` of a baseline: :meth:`Baseline.build` with
+    defaults (3 input channels, 1 class, its first dims, 96 pixels in 2D and 64 in 3D).
+    ``widths`` (a ``--widths`` override) sets the width scale (:func:`scale_from_widths`);
+    ``deep_supervision``, ``cgm`` and ``recompute`` are accepted and mean nothing here (one
+    head, no CGM, a library's own forward)."""
+
+    def build(*, in_channels: int = 3, num_classes: int = 1, dims: int | None = None,
+              image_size: int | Sequence[int] | None = None, patch: int | Sequence[int] = 0,
+              spacing: float | Sequence[float] | None = None, width_scale: float | None = None,
+              widths: int | Sequence[int] | None = None, deep_supervision: bool = False,
+              cgm: bool | None = None, recompute: str | None = None) -> nn.Module:
+        dims = int(dims or b.dims[0])
+        if width_scale is None:
+            width_scale = 1.0 if widths is None else scale_from_widths(widths)
+        return b.build(in_channels=in_channels, num_classes=num_classes, dims=dims,
+                       image_size=image_size or (96 if dims == 2 else 64), patch=patch,
+                       spacing=spacing, width_scale=width_scale)
+
+    build.__name__ = b.name
+    return build
 
 
 def lookup(model: Any) -> Baseline | None:
@@ -474,60 +499,3 @@ def describe(name: str, *, dims: int = 2, size: int | None = None, in_channels: 
     return {"name": name, "class": b.cls, "dims": dims, "size": size,
             "params": count_params(net), "gflops": gflops(net, (in_channels,) + (size,) * dims),
             "widths": net.spec.widths}
-
-
-def _span(values: list[float], fmt: Callable[[float], str]) -> str:
-    """'-', one formatted value, or 'lowest–highest' (the datasets' channels differ)."""
-    shown = list(dict.fromkeys(fmt(v) for v in values))
-    return "-" if not shown else shown[0] if len(shown) == 1 else f"{shown[0]}–{shown[-1]}"
-
-
-#: Table 3's datasets come first, in this order; any other dataset run follows.
-TABLE3_FIRST = ("brain_tumor2d", "liver2d")
-
-
-def table3(results: list[dict[str, Any]], cases, datasets: list[str] | None = None) -> str:
-    """The UNet# paper's Table 3 layout: one row per model (baselines and DSL models, deep
-    supervision off), params, GFLOPs, and per dataset the test IoU and Dice (%) as the mean
-    over seeds ± the std over seeds (one seed: ± the std over cases). ``brain_tumor2d`` and
-    ``liver2d`` first, then every other dataset in ``results``. Markdown, '' without results.
-    """
-    from .bench import stats
-    from .bench.report import _fmt_params, _group_metrics, _pm
-
-    ok = [r for r in results if r.get("status") == "ok" and not r.get("deep_supervision")]
-    present = {r["dataset"] for r in results if r.get("dataset")}
-    if datasets is None:
-        datasets = [d for d in TABLE3_FIRST if d in present] + sorted(present - set(TABLE3_FIRST))
-    models = sorted({r["model"] for r in ok if r["dataset"] in datasets},
-                    key=lambda m: (m in BASELINES, m))
-    if not models:
-        return ""
-    agg = _group_metrics(cases, ok)
-    summ: dict[tuple, dict] = {}
-    if len(cases):
-        okc = cases[cases["trial_key"].isin({r["trial_key"] for r in ok})]
-        for d in datasets:
-            sub = okc[okc["dataset"] == d]
-            if len(sub):
-                summ.update({(d, r["config"]): r for r in stats.summarise(sub, d).to_dict("records")})
-    head = ["Model", "Source", "Params", "GFLOPs"]
-    for d in datasets:
-        head += [f"{d} IoU", f"{d} Dice"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for m in models:
-        mine = [r for r in ok if r["model"] == m and r["dataset"] in datasets]
-        params = sorted(float(r["params"]) for r in mine if r.get("params"))
-        flops = sorted(float(r["gflops"]) for r in mine
-                       if isinstance(r.get("gflops"), (int, float)) and math.isfinite(r["gflops"]))
-        src = BASELINES.get(m).cls if m in BASELINES else "skipdsl zoo / spec"
-        row = [m, src, _span(params, _fmt_params), _span(flops, lambda v: f"{v:.3g}")]
-        for d in datasets:
-            s, a = summ.get((d, stats.config_label(m, False))), agg.get((m, d, False))
-            for metric in ("iou", "dice"):
-                if s and s["seeds"] > 1:
-                    row.append(_pm(s[metric], s[f"{metric}_seed_std"]))
-                else:
-                    row.append(_pm(a[metric], a[f"{metric}_std"]) if a else "-")
-        lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines)

@@ -49,6 +49,7 @@ import torch
 from torch import nn
 
 from .errors import SpecError
+from .fileio import atomic_write_bytes, atomic_write_text
 from .spec import Spec
 
 __all__ = ["FORMAT", "VERSION", "MODEL_FILE", "SPEC_FILE", "Checkpoint", "Inference",
@@ -80,7 +81,8 @@ def payload(model: nn.Module, *, state_dict: dict[str, torch.Tensor] | None = No
     ``state_dict``: the weights to keep (default: the model's own); ``mean``/``std``: the
     per-channel training statistics (any shape with C values; default 0 and 1).
     """
-    import skipdsl
+    from skipdsl.graph import spec_hash
+    from skipdsl.version import __version__
 
     spec = model.spec
     sd = model.state_dict() if state_dict is None else state_dict
@@ -96,7 +98,7 @@ def payload(model: nn.Module, *, state_dict: dict[str, torch.Tensor] | None = No
 
     return {
         "format": FORMAT, "version": VERSION,
-        "spec": spec.to_yaml(), "spec_hash": skipdsl.spec_hash(spec),
+        "spec": spec.to_yaml(), "spec_hash": spec_hash(spec),
         "state_dict": {k: v.detach().to("cpu").contiguous() for k, v in sd.items()},
         "normalisation": {"mean": _values(mean, 0.0), "std": _values(std, 1.0),
                           "input": input_normalisation},
@@ -104,20 +106,20 @@ def payload(model: nn.Module, *, state_dict: dict[str, torch.Tensor] | None = No
         "image_size": [int(s) for s in image_size],
         "patch": int(patch or 0),
         "classes": [str(k) for k in classes] or [f"class{k}" for k in range(spec.num_classes)],
-        "trial": {"skipdsl": skipdsl.__version__, "torch": str(torch.__version__),
-                  **{str(k): _plain(v) for k, v in (trial or {}).items()
-                     if _plain(v) is not _SKIP}},
+        "trial": {"skipdsl": __version__, "torch": str(torch.__version__),
+                  **{str(k): _loadable(v) for k, v in (trial or {}).items()
+                     if _loadable(v) is not _SKIP}},
     }
 
 
 _SKIP = object()
 
 
-def _plain(v: Any) -> Any:
+def _loadable(v: Any) -> Any:
     """``v`` as types ``torch.load(weights_only=True)`` reads back (numpy scalars and str
     subclasses become plain Python values); ``_SKIP`` for anything else."""
     if isinstance(v, (list, tuple)):
-        items = [_plain(x) for x in v]
+        items = [_loadable(x) for x in v]
         return _SKIP if any(x is _SKIP for x in items) else items
     if v is None or isinstance(v, bool):
         return v
@@ -125,7 +127,7 @@ def _plain(v: Any) -> Any:
         if isinstance(v, kind):
             return kind(v)
     if hasattr(v, "item") and getattr(v, "ndim", None) == 0:  # a numpy scalar
-        return _plain(v.item())
+        return _loadable(v.item())
     return _SKIP
 
 
@@ -145,15 +147,11 @@ def _spec_header(ckpt: dict[str, Any], name: str) -> str:
 
 def write_file(path: str | Path, ckpt: dict[str, Any] | bytes) -> Path:
     """Write one checkpoint file atomically (bytes from :func:`to_bytes`, or the dict)."""
-    from .bench.store import atomic_write_bytes
-
     return atomic_write_bytes(path, ckpt if isinstance(ckpt, bytes) else to_bytes(ckpt))
 
 
 def write(folder: str | Path, ckpt: dict[str, Any]) -> Path:
     """``folder/model.pt`` and ``folder/spec.yaml``, each written atomically; returns the .pt."""
-    from .bench.store import atomic_write_text
-
     folder = Path(folder)
     pt = write_file(folder / MODEL_FILE, ckpt)
     atomic_write_text(folder / SPEC_FILE, _spec_header(ckpt, MODEL_FILE) + ckpt["spec"])
@@ -218,7 +216,8 @@ def build_network(spec: Spec, state_dict: dict[str, torch.Tensor] | None = None,
     """The inference network of ``spec`` in eval mode: the main head's logits, or with
     ``prune=L`` those of head ``x_0_L``'s sub-network (shared weights); ``cgm`` overrides the
     spec's (``None`` keeps it); with ``state_dict``, its trained weights (from ``source``)."""
-    import skipdsl
+    from skipdsl.compiler import compile
+    from skipdsl import compiler
 
     use_cgm = spec.cgm if cgm is None else bool(cgm)
     level = int(prune) if prune else None
@@ -235,14 +234,14 @@ def build_network(spec: Spec, state_dict: dict[str, torch.Tensor] | None = None,
                             "supervision (bench run --ds on), or use the whole network "
                             "(no --prune)")
     # a trained backbone's weights are in the checkpoint: its pretrained file is not needed
-    model = skipdsl.compile(spec, deep_supervision=level is not None, cgm=use_cgm,
+    model = compile(spec, deep_supervision=level is not None, cgm=use_cgm,
                             weights="none" if spec.encoder.backbone and state_dict is not None
                             else None)
     if state_dict is not None:
         _load_weights(model, state_dict, source, strict=False)
     model.eval()
     if level is not None:
-        model = skipdsl.prune(model, level).eval()
+        model = compiler.prune(model, level).eval()
     return Inference(model, mean, std).eval()
 
 
@@ -339,13 +338,14 @@ def _aligned(spec: Spec, like: Spec) -> Spec:
 
 
 def _check_spec(pt: Path, trained: Spec, other: "Spec | str | Path", what: str) -> None:
-    import skipdsl
+    from skipdsl.graph import spec_hash
+    from skipdsl.spec import load
 
-    other_spec = _aligned(skipdsl.load(other), trained)
-    if skipdsl.spec_hash(other_spec) != skipdsl.spec_hash(trained):
+    other_spec = _aligned(load(other), trained)
+    if spec_hash(other_spec) != spec_hash(trained):
         raise SpecError(f"the checkpoint was trained for spec '{trained.name}' (hash "
-                        f"{skipdsl.spec_hash(trained)}), not for {what}: '{other_spec.name}' "
-                        f"(hash {skipdsl.spec_hash(other_spec)})", file=str(pt), hint="use the spec the checkpoint holds (its spec.yaml, "
+                        f"{spec_hash(trained)}), not for {what}: '{other_spec.name}' "
+                        f"(hash {spec_hash(other_spec)})", file=str(pt), hint="use the spec the checkpoint holds (its spec.yaml, "
                         "or leave the spec out), or retrain with this one")
 
 
@@ -359,22 +359,23 @@ def load_checkpoint(path: str | Path, *, spec: "Spec | str | Path | None" = None
     trial filled in are aligned). Raises ``DataError`` (missing, truncated or foreign file) or
     ``SpecError`` (another spec), naming the file.
     """
-    import skipdsl
+    from skipdsl.compiler import compile
+    from skipdsl.graph import spec_hash
     from .spec import loads
 
     pt = _checkpoint_file(Path(path))
     data = _read(pt)
     try:
         trained = loads(str(data["spec"]), source=f"{pt} (its spec)")
-        model = skipdsl.compile(trained, weights="none" if trained.encoder.backbone else None)
+        model = compile(trained, weights="none" if trained.encoder.backbone else None)
     except SpecError as err:
         raise SpecError(f"the spec inside the checkpoint is not valid: {err.message}",
                         file=str(pt), node=err.node, edge=err.edge,
                         hint="it was written by another skipdsl version, or edited: " + RETRAIN
                         ) from None
     stored = data.get("spec_hash")
-    if stored and stored != skipdsl.spec_hash(trained):
-        raise SpecError(f"the spec inside the checkpoint hashes to {skipdsl.spec_hash(trained)}, "
+    if stored and stored != spec_hash(trained):
+        raise SpecError(f"the spec inside the checkpoint hashes to {spec_hash(trained)}, "
                         f"not to the {stored} it was saved with", file=str(pt),
                         hint="the file was edited or written by another skipdsl version: "
                         + RETRAIN)

@@ -56,7 +56,7 @@ def _compile(args):
 
 def cmd_compile(args) -> int:
     from .info import model_cost
-    from . import spec_hash
+    from .graph import spec_hash
 
     model = _compile(args)
     size = args.size
@@ -114,13 +114,13 @@ def cmd_validate(args) -> int:
 
 
 def cmd_list(args) -> int:
-    from .spec import list_models, load
+    from .spec import load, zoo_names
     from .compiler import compile as compile_
 
     t = Table(title="zoo")
     for col in ("name", "params (spec's channels)", "description"):
         t.add_column(col)
-    for name in list_models(dims=None):
+    for name in zoo_names(dims=None):
         s = load(name)
         n = sum(p.numel() for p in compile_(s).parameters())
         t.add_row(name, f"{n:,}", s.description)

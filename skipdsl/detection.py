@@ -30,7 +30,8 @@ import torch
 from torch import nn
 
 from .errors import SpecError
-from .spec import Spec, load
+from .registry import register_model
+from .spec import Spec, load, scale_spec
 
 __all__ = ["PyramidBackbone", "maskrcnn", "torchvision_fpn_state_dict", "pyramid_spec",
            "MASKRCNN_MODELS"]
@@ -179,3 +180,20 @@ def torchvision_fpn_state_dict(state: Mapping[str, torch.Tensor], spec: "str | S
             raise KeyError(f"'{key}' is not a BackboneWithFPN key over a ResNet "
                            "(body.conv1/bn1/layer1-4, fpn.inner_blocks, fpn.layer_blocks)")
     return out
+
+
+def _maskrcnn_builder(name: str, pyramid: str):
+    def build(*, width_scale: float | None = None, **options: Any) -> nn.Module:
+        spec = load(pyramid)
+        return maskrcnn(spec if width_scale is None else scale_spec(spec, width_scale),
+                        **options)
+
+    build.__name__ = name
+    return build
+
+
+for _name, _pyramid in MASKRCNN_MODELS.items():  # skipdsl.create_model("maskrcnn_sharp", ...)
+    register_model(_name, task="instance", dims=(2,), source="detector",
+                   description=f"Mask R-CNN over the zoo pyramid {_pyramid} (torchvision)"
+                   )(_maskrcnn_builder(_name, _pyramid))
+

@@ -45,6 +45,8 @@ import torch
 
 from .checkpoint import Inference
 from .errors import SpecError
+from .fileio import atomic_write_bytes
+from .version import __version__
 
 __all__ = ["FORMATS", "ExportCheck", "export_network", "load_runner", "check", "metadata",
            "time_forward"]
@@ -58,7 +60,7 @@ def metadata(net: Inference, *, prune: int | None = None, threshold: float = 0.5
     """What the exported file says about itself (``skipdsl.json``)."""
     spec = net.spec
     return {
-        "skipdsl": __import__("skipdsl").__version__, "source": source,
+        "skipdsl": __version__, "source": source,
         "spec": spec.to_yaml(), "prune": prune, "head": spec.main_head.node if not prune
         else f"x_0_{prune}", "threshold": threshold,
         "input": f"(batch, {spec.in_channels}, *spatial), every side a multiple of "
@@ -154,8 +156,6 @@ def export_network(net: Inference, fmt: str, path: str | Path, *, size: Sequence
                    meta: dict[str, Any] | None = None, source: str | None = None) -> Path:
     """Write ``net`` (eval mode) as ``fmt`` to ``path`` atomically; ``size``: the spatial size
     of the example input it is traced with (sides multiples of ``2^(depth-1)``)."""
-    from .bench.store import atomic_write_bytes
-
     _check_format(fmt)
     net = net.eval()
     x = torch.randn(2, net.spec.in_channels, *size)

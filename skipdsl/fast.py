@@ -209,7 +209,7 @@ def _map(out: Any, f: Callable[[torch.Tensor], torch.Tensor]) -> Any:
                         f"found {type(out).__name__}")
 
 
-def _leaves(out: Any) -> list[torch.Tensor]:
+def tensor_leaves(out: Any) -> list[torch.Tensor]:
     found: list[torch.Tensor] = []
     _map(out, lambda t: found.append(t) or t)
     return found
@@ -284,7 +284,7 @@ class GraphedForward:
             with torch.no_grad(), self._autocast():
                 self.static_out = fn(self.static_in)
         batch = self.static_in.shape[0]
-        bad = [tuple(t.shape) for t in _leaves(self.static_out)
+        bad = [tuple(t.shape) for t in tensor_leaves(self.static_out)
                if t.dim() == 0 or t.shape[0] != batch]
         if bad:
             raise FastPathError(f"a graphed forward needs outputs with the batch ({batch}) "

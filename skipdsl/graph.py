@@ -29,7 +29,8 @@ from .spec import Edge, EdgeRule, Head, Resample, Spec, load, node_id, parse_nod
 INPUT = "input"
 
 
-def _node_set(spec: Spec) -> list[tuple[int, int]]:
+def node_positions(spec: Spec) -> list[tuple[int, int]]:
+    """The grid positions (level, column) of a spec's nodes, in order."""
     d = spec.depth
     if spec.nodes == "triangle":
         return [(i, j) for i in range(d) for j in range(d - i)]
@@ -147,7 +148,7 @@ def build_graph(spec: "Spec | str", *, check: bool = True) -> nx.DiGraph:
     spec = load(spec)
     src = spec.source
     depth, widths = spec.depth, spec.widths
-    pos = _node_set(spec)
+    pos = node_positions(spec)
     nodes = set(pos)
     g = nx.DiGraph(name=spec.name, dims=spec.dims, depth=depth, in_channels=spec.in_channels,
                    num_classes=spec.num_classes, source=src)
@@ -375,3 +376,16 @@ def canonical_hash(g: nx.DiGraph, heads: Iterable[str] = ()) -> str:
                      f"{sorted((d['project'] or {}).items())}{extra}")
     parts += [f"H{h}" for h in sorted(heads)]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def spec_hash(spec: Any) -> str:
+    """Canonical hash of a spec's network: same topology and settings, same hash. A library
+    baseline (:mod:`skipdsl.baselines`) hashes its name, class and fixed settings."""
+    if getattr(spec, "is_baseline", False):
+        return spec.hash()
+    s = load(spec)
+    heads = [f"{h.node}:{h.kernel}:{h.match}" + (f":{h.type}" if h.type else "") for h in s.heads]
+    if s.pyramid is not None:  # a feature pyramid's levels and output convs
+        p = s.pyramid
+        heads += [f"pyramid:{','.join(p.nodes)}:{p.channels}:{p.kernel}:{p.pool}"]
+    return canonical_hash(build_graph(s), heads)

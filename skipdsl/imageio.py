@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from .fileio import atomic_write_bytes
+
 __all__ = ["SUFFIXES", "Image", "kind_of", "read_image", "write_mask", "find_inputs"]
 
 #: file endings -> kind
@@ -259,8 +261,6 @@ def write_mask(path: str | Path, mask: np.ndarray, like: Image, *, labels: bool 
     ``mask``: booleans ``(K, *spatial)``, or with ``labels`` an integer label map
     ``(*spatial)`` (0 = background).
     """
-    from .bench.store import atomic_write_bytes
-
     path = Path(path)
     mask = np.asarray(mask)
     if labels:

@@ -201,9 +201,9 @@ def plan_spec(scheme: "str | Path | Spec", *, input_channels: int, num_classes: 
         out["decoder"]["block"] = {"repeats": dec_rep[0]}
     spec0 = from_dict({**out, "heads": [{"node": f"x_0_{n - 1}"}]}, source=src)
     # the levels' last decoder nodes carry the outputs (nnU-Net: one per decoder stage)
-    from .graph import _node_set
+    from .graph import node_positions
 
-    pos = _node_set(spec0)
+    pos = node_positions(spec0)
     heads = []
     for i in range(n - 1):
         cols = [j for (a, j) in pos if a == i and j > 0]

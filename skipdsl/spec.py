@@ -527,7 +527,8 @@ def _compose_lines(node: yaml.Node, path: tuple, lines: dict[tuple, int]) -> Non
             _compose_lines(item, path + (idx,), lines)
 
 
-def _read_yaml(text: str, file: str | None) -> tuple[Any, dict[tuple, int]]:
+def read_yaml(text: str, file: str | None) -> tuple[Any, dict[tuple, int]]:
+    """Parsed YAML and the line of every key path in it (for errors that name the line)."""
     try:
         root = yaml.compose(text, Loader=_LineLoader)
         data = yaml.load(text, Loader=yaml.SafeLoader)
@@ -546,7 +547,8 @@ def _read_yaml(text: str, file: str | None) -> tuple[Any, dict[tuple, int]]:
     return data, lines
 
 
-def _line_for(loc: tuple, lines: dict[tuple, int]) -> int | None:
+def line_for(loc: tuple, lines: dict[tuple, int]) -> int | None:
+    """The line of a key path, or of its nearest parent that has one."""
     loc = tuple(loc)
     while loc:
         if loc in lines:
@@ -555,7 +557,7 @@ def _line_for(loc: tuple, lines: dict[tuple, int]) -> int | None:
     return lines.get(())
 
 
-def _clean_loc(loc: tuple, data: Any) -> tuple:
+def clean_loc(loc: tuple, data: Any) -> tuple:
     """Keep the parts of a pydantic location that are real keys/indices of the data (drops
     union-branch names such as ``EdgeRule`` or ``list[str]``). A last unknown part is kept:
     it is the offending key of an 'extra' or 'missing' error."""
@@ -615,9 +617,9 @@ def _to_spec_error(err: ValidationError, file: str | None, lines: dict, data: An
     errors = sorted(errs, key=lambda e: (e["type"] != "extra_forbidden",
                                          len(errs) > 1 and e["type"].endswith("_type")))
     e = errors[0]
-    loc = _clean_loc(tuple(e["loc"]), data)
+    loc = clean_loc(tuple(e["loc"]), data)
     where = ".".join(str(p) for p in loc) or "(top level)"
-    line = _line_for(loc, lines)
+    line = line_for(loc, lines)
     if e["type"] == "extra_forbidden":
         key = loc[-1]
         model = _model_at(loc[:-1], data)
@@ -653,7 +655,7 @@ def from_dict(data: Any, *, source: str | None = None, lines: dict | None = None
 
 def loads(text: str, *, source: str | None = None) -> Spec:
     """Parse YAML text (safe loader) into a checked ``Spec``."""
-    data, lines = _read_yaml(text, source)
+    data, lines = read_yaml(text, source)
     return from_dict(data, source=source, lines=lines)
 
 
@@ -661,8 +663,8 @@ def zoo_dir():
     return resources.files("skipdsl") / "zoo"
 
 
-def list_models(dims: int | None = 2, task: Literal["semantic", "instance"] = "semantic"
-                ) -> list[str]:
+def zoo_names(dims: int | None = 2, task: Literal["semantic", "instance"] = "semantic"
+              ) -> list[str]:
     """Names of the zoo specs shipped with the package whose spec is ``dims``-D: 2 (the
     default) is the UNet family that ``bench run --models all`` and the search use (each
     also runs in 3D), 3 the V-Net family (3D-native), ``None`` all of them. ``task``:
@@ -695,7 +697,7 @@ def resolve(name_or_path: str | Path) -> tuple[str, str]:
             return z.read_text(), f"zoo/{stem}.yaml"
     raise SpecError(
         f"no spec file '{name_or_path}' and no zoo model '{stem}'",
-        hint=did_you_mean(stem, list_models()) + " (or give a path to a .yaml file)",
+        hint=did_you_mean(stem, zoo_names(dims=None)) + " (or give a path to a .yaml file)",
     )
 
 

@@ -1,10 +1,18 @@
 import os
 import random
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+# the repository's benchmarks/ folder (scripts and the hand-written reference models, which are
+# not part of the installed package) imports as ``benchmarks`` in the tests
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
 TINY = [4, 8, 16, 32, 64]  # widths that keep every zoo model fast on 2 CPU cores
 

@@ -10,6 +10,7 @@ import torch
 
 import skipdsl
 from skipdsl import baselines as B
+from skipdsl.bench.tables import table3
 from skipdsl.errors import SpecError
 from skipdsl.heads import init_heads
 
@@ -124,7 +125,7 @@ def test_table3_layout():
                               "deep_supervision": False, "case": c, "case_id": f"c{c}",
                               "iou": v, "dice": min(1.0, v + 0.1), "hd95": math.nan,
                               "channel": 0, "gt_empty": False, "pred_empty": False})
-    md = B.table3(rows, pd.DataFrame(cases))
+    md = table3(rows, pd.DataFrame(cases))
     head = md.splitlines()[0]
     assert head.index("brain_tumor2d IoU") < head.index("liver2d IoU") < head.index("nuclei2d")
     assert "monai.networks.nets.DynUNet" in md and "±" in md and "1.20M" in md

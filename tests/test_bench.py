@@ -235,25 +235,32 @@ def test_cli_speed_forwards_arguments(monkeypatch):
 
 
 def test_cli_speed_runs_from_the_package(tmp_path):
-    """``bench speed`` with tiny settings needs nothing outside the package: ``benchmarks``
-    is made unimportable and the command runs in another folder."""
+    """``bench speed`` on a zoo model and on a spec file of one's own, with tiny settings,
+    needs nothing outside the package: ``benchmarks`` is made unimportable and the command
+    runs in another folder. Without references it times the compiled models alone."""
     import subprocess
 
+    import skipdsl
+
+    (tmp_path / "mine.yaml").write_text(skipdsl.load("unetpp").to_yaml())
     code = ("import sys; sys.modules['benchmarks'] = None; "
             "from skipdsl.bench.cli import main; sys.exit(main(sys.argv[1:]))")
     proc = subprocess.run(
-        [sys.executable, "-c", code, "speed", "--models", "unet", "--device", "cpu", "--size",
+        [sys.executable, "-c", code, "speed", "--models", "unet,mine.yaml", "--device", "cpu",
+         "--size",
          "16", "--batch", "2", "--widths", "4,8,16,32,64", "--iters", "1", "--reps", "1",
          "--warmup", "1", "--threads", "1", "--out", "speed.md", "--json", "speed.json"],
         cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     md = (tmp_path / "speed.md").read_text()
-    assert "Command: `bench speed --models unet --device cpu" in md
+    assert "Command: `bench speed --models unet,mine.yaml --device cpu" in md
+    assert "| model | params | train img/s | infer img/s |" in md and "hand" not in md
     data = json.loads((tmp_path / "speed.json").read_text())
-    assert [r["model"] for r in data["rows"]] == ["unet"] and data["pending"] == []
-    row = data["rows"][0]
-    assert row["max_rel_diff"] < 1e-5 and row["train"]["compiled"] > 0
-    assert row["train_mb"]["compiled"] is not None  # peak memory measured too
+    assert [r["model"] for r in data["rows"]] == ["unet", "mine.yaml"] and not data["pending"]
+    for row in data["rows"]:
+        assert row["train"]["compiled"] > 0 and row["infer"]["compiled"] > 0
+        assert set(row["train"]) == {"compiled"}  # no reference, no ratio
+        assert row["train_mb"]["compiled"] is not None  # peak memory measured too
 
 
 def test_import_skipdsl_does_not_import_ray():

@@ -59,6 +59,26 @@ def test_ray_sweep_local(tmp_path, monkeypatch):
                          progress=False)
 
 
+@pytest.mark.slow
+def test_an_offline_bench_run_prints_no_ray_warnings(tmp_path):
+    """``bench run`` on a local Ray, offline (the suite's loopback-only namespace), with none
+    of Ray's variables set: no token-authentication warning and no probe of an outside
+    address for this machine's IP (skipdsl.raytools.LOCAL_RAY_ENV)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    r = subprocess.run(
+        [sys.executable, "-m", "skipdsl.bench.cli", "run", "--models", "unet", "--datasets",
+         "nuclei2d", "--budget", "smoke", "--epochs", "1", "--n", "16", "--widths", "4",
+         "--ds", "off", "--cache-dir", str(tmp_path / "cache"), "--no-report",
+         "--out", str(tmp_path / "out")],
+        env={**env, "PYTHONPATH": str(ROOT)}, cwd=tmp_path, capture_output=True, text=True,
+        timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    out = r.stdout + r.stderr
+    assert "1 ran (0 failed)" in out
+    for noise in ("Token authentication", "external connectivity", "8.8.8.8", "WARNING"):
+        assert noise not in out, out[-3000:]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

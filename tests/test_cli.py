@@ -68,7 +68,7 @@ def test_validate_ok_and_list(tmp_path):
     assert r.returncode == 0 and r.stdout.count("ok") == 2
     r = skipdsl_cli("list", cwd=tmp_path)
     assert r.returncode == 0
-    for name in skipdsl.list_models():
+    for name in skipdsl.spec.zoo_names():
         assert name in r.stdout
     assert "26,971,777" in r.stdout
 

@@ -23,8 +23,8 @@ def _pyramid_params(body):
 
 
 def test_pyramid_zoo_is_listed_apart():
-    assert skipdsl.list_models(task="instance") == sorted(PYRAMIDS)
-    assert not set(PYRAMIDS) & set(skipdsl.list_models(dims=None))
+    assert skipdsl.spec.zoo_names(task="instance") == sorted(PYRAMIDS)
+    assert not set(PYRAMIDS) & set(skipdsl.spec.zoo_names(dims=None))
 
 
 def test_fpn_has_torchvisions_parameter_count():

@@ -298,8 +298,10 @@ def test_search_run_fast_reaches_the_trainer_config(tmp_path, monkeypatch):
 
 
 def test_speed_fast_names_every_part_and_treats_both_models_alike(tmp_path):
+    """The race (benchmarks/speed.py over skipdsl.bench.speed) gives both models the same
+    fast path."""
     pytest.importorskip("rich")
-    from skipdsl.bench import speed
+    from benchmarks import speed
 
     args = speed.parse_args(["--models", "unet", "--device", "cpu", "--fast"])
     assert args.fast_path.applied == ("channels_last", "compile")  # as before: compile on CPU

@@ -9,7 +9,7 @@ import skipdsl
 from skipdsl import SpecError
 from skipdsl.spec import from_dict, loads
 
-ZOO = {name: skipdsl.load(name).to_dict() for name in skipdsl.list_models()}
+ZOO = {name: skipdsl.load(name).to_dict() for name in skipdsl.spec.zoo_names()}
 NODE_NAMES = [f"x_{i}_{j}" for i in range(7) for j in range(7)] + ["x_1", "input", "x_-1_0"]
 
 scalars = st.one_of(

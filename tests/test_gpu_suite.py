@@ -1,6 +1,6 @@
-"""The GPU suite (skipdsl/bench/gpu_suite.py, benchmarks/gpu_suite.sh): its budgets on paper,
-its commands, its stage runner (limits, cuts, failures), the summary, and the CPU dry run of
-every stage at toy size.
+"""The GPU suite (benchmarks/gpu_suite.py, run by benchmarks/gpu_suite.sh): its budgets on
+paper, its commands, its stage runner (limits, cuts, failures), the summary, and the CPU dry run
+of every stage at toy size.
 
 The dry run must finish within its 3 minutes on CI's 2 cores. On a machine that is busy with
 other work, ``GPU_SUITE_LIMIT_SCALE=4`` multiplies every limit (and the deadline) by 4.
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from skipdsl.bench import gpu_suite as gs
+from benchmarks import gpu_suite as gs
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_suite.sh"
@@ -55,7 +55,7 @@ def test_gpu_commands_are_the_owed_figures():
     cmds = {k: [" ".join(c) for c in v] for k, v in gs.plan(cfg).items()}
     for stage in ("speed-2d", "speed-2d-fast"):
         (cmd,) = cmds[stage]
-        assert "speed --device cuda --dims 2 --models unetsharp,unet,wunet,unetpp,unet3p " \
+        assert "speed.py --device cuda --dims 2 --models unetsharp,unet,wunet,unetpp,unet3p " \
                "--size 96 --batch 128" in cmd
         assert ("--fast" in cmd) == stage.endswith("fast")
     assert "--dims 3 --models unetsharp" in cmds["speed-3d"][0]
@@ -68,9 +68,10 @@ def test_gpu_commands_are_the_owed_figures():
     assert "--backend" not in t1  # Ray
     assert all("--compile-only --json" in c and "--fast" in c for c in cmds["compile-warm"])
     assert "--concurrency 4" in cmds["trials-per-hour"][0]
-    assert "fastcheck --device cuda" in cmds["fast-path"][0]
+    assert "benchmarks/fastcheck.py --device cuda" in cmds["fast-path"][0]
+    assert "benchmarks/trials_per_hour.py" in cmds["trials-per-hour"][0]
     (mem,) = cmds["memory-2d"]
-    assert "memory --device cuda --models unetsharp,unet3p --size 96 --batch 128" in mem
+    assert "memory.py --device cuda --models unetsharp,unet3p --size 96 --batch 128" in mem
     assert "--fast bf16,channels_last" in mem and "--out /o/memory_2d.md" in mem
 
 
@@ -102,11 +103,11 @@ def _gone(pid: int) -> bool:
 
 def test_stopping_the_suite_ends_its_running_stage(tmp_path):
     code = ("import os, signal, sys; from pathlib import Path; "
-            "from skipdsl.bench import gpu_suite as g; "
+            "sys.path.insert(0, sys.argv[2]); from benchmarks import gpu_suite as g; "
             "signal.signal(signal.SIGTERM, g._stop_stages); out = Path(sys.argv[1]); "
             "(out / 'logs').mkdir(); g.run_stage('speed-2d', [['sh', '-c', 'echo $$ > ' + "
             "str(out / 'pid') + '; exec sleep 60']], 60, out, dict(os.environ), out)")
-    suite = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)])
+    suite = subprocess.Popen([sys.executable, "-c", code, str(tmp_path), str(ROOT)])
     pidfile = tmp_path / "pid"
     deadline = time.monotonic() + 120  # torch's import, on a busy machine
     while time.monotonic() < deadline and not (pidfile.exists() and pidfile.read_text().strip()):

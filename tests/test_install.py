@@ -51,13 +51,16 @@ def _run(site: Path, cwd: Path, *argv: str) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_installed_package_imports_from_its_own_folder_and_ships_the_zoo(installed, tmp_path):
     r = _run(installed, tmp_path, sys.executable, "-c",
-             "import skipdsl, skipdsl.bench.speed, skipdsl.bench.gpu_suite; "
+             "import skipdsl, skipdsl.bench.speed, skipdsl.bench.cli; "
              "from skipdsl.spec import zoo_dir; print(skipdsl.__file__); "
              "print(len(list(zoo_dir().glob('*.yaml'))))")
     assert r.returncode == 0, r.stderr
     where, n = r.stdout.split()
     assert Path(where).is_relative_to(installed) and int(n) >= 5
     assert not (installed / "benchmarks").exists() and not (installed / "tests").exists()
+    # the project's own benchmark scripts and the test oracle stay in the repository
+    for name in ("gpu_suite", "trials_per_hour", "fastcheck", "reference_models"):
+        assert not list(installed.rglob(f"{name}.py")), name
     r = _run(installed, tmp_path, str(installed / "bin" / "skipdsl"), "compile", "unetsharp")
     assert r.returncode == 0, r.stderr
     assert "10,748,481" in r.stdout

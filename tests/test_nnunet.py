@@ -43,7 +43,7 @@ def test_isotropic_strides_are_the_default_network():
 
 def test_zoo_hashes_do_not_see_the_new_keys():
     """Specs that do not use strides/kernels/downsample dump exactly as before."""
-    for name in skipdsl.list_models(None):
+    for name in skipdsl.spec.zoo_names(None):
         d = load(name).to_dict()
         assert "strides" not in d["grid"] and "kernels" not in d["grid"]
         assert "downsample" not in d.get("encoder", {})

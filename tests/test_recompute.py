@@ -67,7 +67,7 @@ def test_recompute_gives_the_defaults_outputs_gradients_and_batchnorm_statistics
 
 
 def test_recompute_stores_less_for_the_backward_pass():
-    from skipdsl.bench.memory import peak_live_mb
+    from benchmarks.memory import peak_live_mb
 
     peaks = {}
     for mode in ("none", "resample"):
@@ -132,15 +132,15 @@ def test_trainer_trains_with_recompute(cache_dir):
 
 
 def test_bench_memory_writes_its_table(tmp_path):
-    from skipdsl.bench import cli
+    from benchmarks import memory
 
     out, js = tmp_path / "memory.md", tmp_path / "memory.json"
-    rc = cli.main(["memory", "--models", "unetsharp", "--size", "16", "--batch", "2",
+    rc = memory.main(["--models", "unetsharp", "--size", "16", "--batch", "2",
                    "--widths", "4,8,16,32,64", "--reps", "2", "--threads", "1",
                    "--out", str(out), "--json", str(js)])
     assert rc == 0
     text = out.read_text()
-    assert "| unetsharp |" in text and "Command: `bench memory --models unetsharp" in text
+    assert "| unetsharp |" in text and "Command: `python benchmarks/memory.py --models unetsharp" in text
     (row,) = json.loads(js.read_text())["rows"]
     assert row["error"] is None and row["grad_diff"] == 0.0
     assert set(row["peak_mb"]) == {"hand", "compiled", "recompute"}

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import skipdsl
-from skipdsl.bench.reference_models import REFERENCE_MODELS
+from benchmarks.reference_models import REFERENCE_MODELS
 
 ZOO = ["unet", "wunet", "unetpp", "unet3p", "unetsharp"]
 

@@ -1,6 +1,6 @@
-"""The hand-written baselines (skipdsl/bench/reference_models.py, re-exported by
-benchmarks/reference_models.py): sizes, shapes, and that they compute exactly what the compiled
-zoo models compute once the weights are copied across."""
+"""The hand-written baselines (benchmarks/reference_models.py, the compiler's test oracle):
+sizes, shapes, and that they compute exactly what the compiled zoo models compute once the
+weights are copied across."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from skipdsl.bench.reference_models import PARAM_COUNTS, REFERENCE_MODELS
+from benchmarks.reference_models import PARAM_COUNTS, REFERENCE_MODELS
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -128,7 +128,7 @@ def test_two_workers_share_one_study_on_postgresql(postgres_url, tmp_path):
     by_worker = {t.user_attrs.get("worker") for t in ts} - {None}
     assert len(by_worker) == 2, logs  # both workers ran trials of the one study
     done = [t for t in ts if t.state == optuna.trial.TrialState.COMPLETE]
-    assert {t.user_attrs.get("zoo") for t in done} >= set(skipdsl.list_models())
+    assert {t.user_attrs.get("zoo") for t in done} >= set(skipdsl.spec.zoo_names())
     # each worker's outputs are built from the shared study
     for i in range(2):
         df = pd.read_csv(tmp_path / f"w{i}" / "trials.csv")

@@ -67,7 +67,7 @@ def test_ray_backend_fills_the_study_and_resumes_on_optuna(tmp_path, monkeypatch
         skipdsl.compile(p)
     assert "backend ray" in (out / "report.md").read_text()
     # the same study resumed without Ray
-    assert set(df["zoo"].dropna()) == set(skipdsl.list_models())
+    assert set(df["zoo"].dropna()) == set(skipdsl.spec.zoo_names())
     assert (df.iloc[first:]["worker"] == "ray").all() and len(df) > first
     more = run_search(trials=11, backend="optuna", zoo=True, workers=1, **common)
     assert more.ran >= 1 and more.finished == 11

@@ -53,7 +53,7 @@ def _variants(name: str):
             yield z.replace(deep_supervision=True, cgm=True)
 
 
-@pytest.mark.parametrize("model", skipdsl.list_models())
+@pytest.mark.parametrize("model", skipdsl.spec.zoo_names())
 def test_every_zoo_model_is_a_point_of_the_default_space(space, model):
     for zoo in _variants(model):
         point = space.point_of(zoo)

@@ -15,7 +15,7 @@ from optuna.trial import TrialState, create_trial
 import skipdsl
 from skipdsl.search.cli import main as search_main
 from skipdsl.search.objective import SearchConfig, median_rule
-from skipdsl.search.runner import report, run_search
+from skipdsl.search.runner import rebuild_outputs, run_search
 from skipdsl.search.space import load_space
 from skipdsl.search.study import SearchError, counted_trials, make_storage, trial_params
 
@@ -54,7 +54,7 @@ def test_run_writes_every_output_and_resumes(tmp_path):
                 "p_edge_up"):
         assert col in df.columns
     # the zoo models come first (reference points), measured like any sample
-    assert set(df["zoo"].dropna()) == set(skipdsl.list_models())
+    assert set(df["zoo"].dropna()) == set(skipdsl.spec.zoo_names())
     done = df[df["state"] == "COMPLETE"]
     assert done["hash"].notna().all() and (done["latency_ms"] > 0).all()
     # Pareto specs: each compiles, is valid, and is a network of the study
@@ -77,7 +77,7 @@ def test_run_writes_every_output_and_resumes(tmp_path):
     # the report command rebuilds the outputs from the study alone
     for f in ("trials.csv", "report.md", "pareto.png"):
         (out / f).unlink()
-    report(out)
+    rebuild_outputs(out)
     assert len(pd.read_csv(out / "trials.csv")) == len(df2) and (out / "report.md").is_file()
 
 

@@ -93,6 +93,36 @@ def test_budgets_and_config_checks():
         resolve_config({"model": "unet", "dataset": "nuclei2d", "budget": "huge"})
 
 
+def test_one_budget_type_resolves_to_one_plan_per_trial():
+    """Both tasks' budgets are one type; plan_trial resolves a budget once for a dataset (2D or
+    3D from the registry, per-dataset changes, the config's overrides)."""
+    from skipdsl.train.common import INSTANCE_BUDGETS, Budget, plan_trial
+
+    assert type(BUDGETS["cpu"]) is type(INSTANCE_BUDGETS["cpu"]) is Budget
+    p2 = plan_trial({"dataset": "nuclei2d", "budget": "cpu"})
+    p3 = plan_trial({"dataset": "lung_nodule3d", "budget": "cpu"})
+    assert (p2.dims, p2.epochs, p2.n, p2.width_scale, p2.batch_size, p2.patch, p2.loss) == \
+        (2, 10, 128, 0.25, 4, 64, "bce_dice")
+    assert (p3.dims, p3.epochs, p3.n, p3.width_scale, p3.batch_size, p3.patch, p3.loss) == \
+        (3, 6, 24, 0.125, 2, 32, "bce_dice")
+    assert plan_trial({"dataset": "liver2d", "budget": "cpu"}).n == 256  # per_dataset
+    o = plan_trial({"dataset": "liver2d", "budget": "cpu", "epochs": 2, "n": 8, "patch": 0,
+                    "hd95": 0, "samples": 0})
+    assert (o.epochs, o.n, o.patch, o.hd95, o.samples) == (2, 8, 0, False, 0)
+    i = plan_trial({"dataset": "nuclei2d", "budget": "smoke", "task": "instance", "lr": 5e-4})
+    assert (i.task, i.image_size, i.lr, i.weight_decay, i.proposals, i.rois) == \
+        ("instance", 192, 5e-4, 1e-2, 600, 64)
+    # what a trial's key hashes: each task's fields as they were (the keys of results/ hold)
+    assert set(BUDGETS["cpu"].key_fields("liver2d")) >= {"epochs_3d", "n_3d", "patch_3d"}
+    assert BUDGETS["cpu"].key_fields("liver2d")["n"] == 256 == \
+        BUDGETS["cpu"].key_fields("nuclei2d")["n"] * 2
+    assert "image_size" in INSTANCE_BUDGETS["smoke"].key_fields()
+    with pytest.raises(ValueError, match="in_3d"):
+        Budget("x", epochs=1, n=1, width_scale=1.0, batch_size=1, in_3d={"lr": 1.0})
+    with pytest.raises(ValueError, match="unknown instance budget"):
+        plan_trial({"dataset": "nuclei2d", "budget": "huge", "task": "instance"})
+
+
 # -- training -------------------------------------------------------------------------------
 
 

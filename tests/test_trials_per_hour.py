@@ -1,5 +1,5 @@
-"""skipdsl.bench.trials_per_hour (and benchmarks/trials_per_hour.py, the script over it): both
-settings run under Ray and the report has their figures.
+"""benchmarks/trials_per_hour.py: both settings run under Ray and the report has their
+figures.
 
 Ray binds 127.0.0.1 (the suite runs in a loopback-only network namespace); token
 authentication is off for the throw-away cluster (``RAY_AUTH_MODE=disabled``).
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from skipdsl.bench import trials_per_hour as tph
+from benchmarks import trials_per_hour as tph
 
 ROOT = Path(__file__).resolve().parents[1]
 

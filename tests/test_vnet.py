@@ -113,9 +113,9 @@ def test_vnet_family_parameter_counts(name):
 
 
 def test_vnet_family_is_listed_apart_from_the_2d_zoo():
-    assert skipdsl.list_models(dims=3) == sorted(VNET_PARAMS)
-    assert not set(VNET_PARAMS) & set(skipdsl.list_models())
-    assert skipdsl.list_models(dims=None) == sorted(skipdsl.list_models() + list(VNET_PARAMS))
+    assert skipdsl.spec.zoo_names(dims=3) == sorted(VNET_PARAMS)
+    assert not set(VNET_PARAMS) & set(skipdsl.spec.zoo_names())
+    assert skipdsl.spec.zoo_names(dims=None) == sorted(skipdsl.spec.zoo_names() + list(VNET_PARAMS))
 
 
 @pytest.mark.parametrize("name", sorted(VNET_PARAMS))
@@ -168,7 +168,7 @@ def test_bad_vnet_specs_get_clear_errors():
 def test_new_options_leave_existing_hashes_alone():
     # trial keys and search caches are keyed by these: the new spec options are unset in the
     # 2D zoo, so its hashes are the ones stored before V-Net and backbones existed
-    assert {n: skipdsl.spec_hash(n) for n in skipdsl.list_models()} == {
+    assert {n: skipdsl.spec_hash(n) for n in skipdsl.spec.zoo_names()} == {
         "unet": "184214e5719a6245", "unet3p": "f959b69e1b6d7856", "unetpp": "7d99d7edcf29a2b2",
         "unetsharp": "b3c7d0411f5e122c", "wunet": "b8c0c08c1f3e05a2"}
     assert skipdsl.load("unetsharp").hash() == "af79f42c87a64741"

@@ -21,7 +21,7 @@ def n_params(m):
 
 
 def test_zoo_is_complete():
-    assert skipdsl.list_models() == ZOO
+    assert skipdsl.spec.zoo_names() == ZOO
 
 
 @pytest.mark.parametrize("name", ZOO)

@@ -5,9 +5,10 @@
     bench report runs/bench-quick
     bench list
     bench datasets show nuclei2d -o nuclei.png
-    bench speed ...            (skipdsl.bench.speed: compiled vs hand-written models)
-    bench memory ...           (skipdsl.bench.memory: training-step memory, recompute)
-    bench gpu-suite ...        (skipdsl.bench.gpu_suite: every owed GPU figure in 8 minutes)
+    bench speed --models unetsharp,my_spec.yaml   (train/infer img/s and peak memory)
+
+The project's own benchmarks (the GPU suite, trials per hour, the races against hand-written
+models: speed and training-step memory) are scripts in the repository's benchmarks/ folder, not commands of the package.
 """
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "0,1,2), smoke (tests), short, paper (see skipdsl.train.trainer.BUDGETS)")
     r.add_argument("--out", default=None, help="output folder (default runs/bench-BUDGET)")
     r.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
-    r.add_argument("--deep-supervision", "--ds", dest="ds", default="both",
+    r.add_argument("--deep-supervision", "--ds", dest="deep_supervision", default="both",
                    choices=["off", "on", "both"],
                    help="deep supervision trials (default both; single-head models: off only)")
     r.add_argument("--backend", default="ray", choices=["ray", "local"],
@@ -163,14 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 #: Subcommands that hand their whole argv to a module's ``main(argv, prog)``.
-FORWARDED = {"speed": ("skipdsl.bench.speed", "compiled models vs hand-written ones"),
-             "memory": ("skipdsl.bench.memory", "training-step peak memory and time: "
-                        "hand-written, compiled, recompute"),
-             "gpu-suite": ("skipdsl.bench.gpu_suite", "every owed GPU figure, 8 minutes")}
+FORWARDED = {"speed": ("skipdsl.bench.speed", "train/inference speed and peak memory of specs")}
 
 
 def _cmd_run(a: argparse.Namespace) -> int:
-    import skipdsl
+    from skipdsl.spec import zoo_names
     from skipdsl.bench import report, runner
     from skipdsl.data import expand_datasets
     from skipdsl.fast import normalize
@@ -182,7 +180,7 @@ def _cmd_run(a: argparse.Namespace) -> int:
 
         models = list(MASKRCNN_MODELS) if a.models in ("all", "") else _csv(a.models)
     else:
-        models = (skipdsl.list_models() if a.models in ("all", "") else list_baselines()
+        models = (zoo_names() if a.models in ("all", "") else list_baselines()
                   if a.models == "baselines" else _csv(a.models))
     datasets = expand_datasets(a.datasets, a.data_root)
     seeds = [int(s) for s in _csv(a.seeds)] or [0]
@@ -200,15 +198,15 @@ def _cmd_run(a: argparse.Namespace) -> int:
 
         size = parse_size(a.params or a.flops, "params" if a.params else "flops")
     aliases: dict[str, list[str]] = {}
-    trials = runner.plan(models, datasets, seeds=seeds, deep_supervision=a.ds, budget=a.budget,
-                         overrides=overrides, backbone=a.backbone, task=a.task, size=size,
-                         aliases=aliases)
+    trials = runner.plan(models, datasets, seeds=seeds, deep_supervision=a.deep_supervision,
+                         budget=a.budget, overrides=overrides, backbone=a.backbone, task=a.task,
+                         size=size, aliases=aliases)
     from rich.console import Console
 
     console = Console(stderr=True)
     console.print(f"{len(trials)} {a.task} trials: models {', '.join(models)}; datasets "
                   f"{', '.join(datasets)}; seeds {seeds}; "
-                  + (f"DS {a.ds}; " if a.task == "semantic" else "") + f"budget {a.budget}; "
+                  + (f"DS {a.deep_supervision}; " if a.task == "semantic" else "") + f"budget {a.budget}; "
                   f"backend {a.backend}" + (f" at {a.address}" if a.address else "")
                   + (f"; fast {overrides['fast']}" if overrides["fast"] else "")
                   + (f"; every model at the {size.describe()} (+-3%)" if size else ""),
@@ -251,12 +249,12 @@ def _cmd_compare(a: argparse.Namespace) -> int:
 
 
 def _cmd_list(a: argparse.Namespace) -> int:
-    import skipdsl
+    from skipdsl.spec import load, zoo_names
     from skipdsl.data import list_datasets
 
     print("models:")
-    for m in skipdsl.list_models(dims=None):
-        spec = skipdsl.load(m)
+    for m in zoo_names(dims=None):
+        spec = load(m)
         print(f"  {m:<12} {spec.description}")
     from skipdsl.baselines import BASELINES
 

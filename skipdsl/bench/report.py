@@ -18,6 +18,10 @@ from typing import Any
 import numpy as np
 
 from . import stats, store
+from .tables import fmt_params as _fmt_params
+from .tables import group_metrics as _group_metrics
+from .tables import pm as _pm
+from .tables import table3
 
 __all__ = ["build_report", "table1", "table2"]
 
@@ -36,16 +40,6 @@ STATS_INTRO = (
     "means the test could not tell the two apart on these cases, not that they are equal. "
     "See skipdsl/bench/stats.py.")
 
-
-
-def _fmt_params(p: Any) -> str:
-    try:
-        p = float(p)
-    except (TypeError, ValueError):
-        return "-"
-    if not math.isfinite(p) or p <= 0:
-        return "-"
-    return f"{p / 1e6:.2f}M" if p >= 1e5 else f"{p / 1e3:.1f}K"
 
 
 def _finite(values) -> list[float]:
@@ -104,28 +98,6 @@ def size_header(results: list[dict[str, Any]]) -> str:
     src = f"{what}'s count at this budget" if not what[:1].isdigit() else "a fixed target"
     return (f"All models at matched size: {unit} scaled to {src} ±3% per dataset "
             f"({'; '.join(parts)}); largest deviation measured {worst:.1%}.")
-
-
-def _pm(mean: float, std: float, scale: float = 100.0, digits: int = 2) -> str:
-    if mean is None or not math.isfinite(mean):
-        return "-"
-    s = f"{mean * scale:.{digits}f}"
-    if std is not None and math.isfinite(std):
-        s += f" ± {std * scale:.{digits}f}"
-    return s
-
-
-def _group_metrics(cases, results_ok) -> dict[tuple, dict[str, float]]:
-    """(model, dataset, ds) -> aggregate over the pooled per-case rows of every seed."""
-    from skipdsl.train.metrics import aggregate
-
-    out: dict[tuple, dict[str, float]] = {}
-    if len(cases):
-        ok_keys = {r["trial_key"] for r in results_ok}
-        cases = cases[cases["trial_key"].isin(ok_keys)]
-        for (m, d, ds), df in cases.groupby(["model", "dataset", "deep_supervision"], sort=True):
-            out[(m, d, bool(ds))] = aggregate(df)
-    return out
 
 
 def _dataset_dims(results: list[dict[str, Any]]) -> dict[str, int]:
@@ -544,8 +516,6 @@ def build_report(out: str | os.PathLike, *, plots: bool = True) -> Path:
         _cost_table(results),
         "",
     ]
-    from skipdsl.baselines import table3
-
     t3 = table3(results, cases)
     if t3:
         spread = "std over seeds" if len(seeds) > 1 else "std over cases (one seed)"

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ..train.trainer import DEFAULTS
+from ..train.common import DEFAULTS, TASKS, budgets_for
 from . import store
 
 __all__ = ["Trial", "SweepSummary", "plan", "run_sweep", "run_trial", "DS_MODES", "alias_notes",
@@ -111,15 +111,13 @@ def plan(
 
     ``task='instance'``: Mask R-CNN trials (:mod:`skipdsl.train.instance`); ``models`` are
     Mask R-CNN names (``maskrcnn_fpn``, ``maskrcnn_pp``, ``maskrcnn_3p``, ``maskrcnn_sharp``)
-    or pyramid specs, ``budget`` an :data:`~skipdsl.train.instance.INSTANCE_BUDGETS` entry.
+    or pyramid specs, ``budget`` an :data:`~skipdsl.train.common.INSTANCE_BUDGETS` entry.
     """
-    import skipdsl
-    from skipdsl.train.trainer import BUDGETS, DEFAULTS
+    from skipdsl.graph import spec_hash
 
-    if task not in ("semantic", "instance"):
-        raise ValueError(f"task must be 'semantic' or 'instance', found {task!r}")
-    if task == "instance":
-        from skipdsl.train.instance import INSTANCE_BUDGETS as BUDGETS  # noqa: N811
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, found {task!r}")
+    BUDGETS = budgets_for(task)  # noqa: N806
 
     if deep_supervision not in DS_MODES:
         raise ValueError(f"deep_supervision must be one of {DS_MODES}, found {deep_supervision!r}")
@@ -153,12 +151,12 @@ def plan(
                 raise ValueError(f"--backbone applies to DSL specs, not the baseline '{m}'")
             spec = spec.with_backbone(backbone, rename=True)
             ref = spec.to_dict()
-        h = skipdsl.spec_hash(spec)
+        h = spec_hash(spec)
         if h in seen:
             aliases.setdefault(h, [seen[h]]).append(_display(m))
             continue
         seen[h] = _display(m)
-        ds_modes = [d for d in modes if not d or len(spec.heads) > 1]
+        deep_modes = [d for d in modes if not d or len(spec.heads) > 1]
         if task == "instance":
             from skipdsl.train.instance import model_label
 
@@ -170,11 +168,11 @@ def plan(
             sized = sizer.solve(m, spec, dataset) if sizer is not None else {}
             extra.update({k: sized.get(k) for k in ("width_scale", "size_target")})
             for seed in seeds:
-                for ds in ds_modes:
-                    key = store.trial_key(h, dataset, budget, seed, ds, extra)
-                    label = f"{spec.name}/{dataset}/s{seed}/{'ds' if ds else 'nods'}"
+                for deep in deep_modes:
+                    key = store.trial_key(h, dataset, budget, seed, deep, extra)
+                    label = f"{spec.name}/{dataset}/s{seed}/{'ds' if deep else 'nods'}"
                     config = {**overrides, "model": ref, "dataset": dataset, "seed": int(seed),
-                              "deep_supervision": ds, "budget": budget, **sized}
+                              "deep_supervision": deep, "budget": budget, **sized}
                     if task == "instance":
                         label = f"{name}/{dataset}/s{seed}"
                         config["task"] = task
@@ -217,15 +215,20 @@ class _Sizer:
         self._data: dict[str, tuple[int, int, int, tuple[int, ...]]] = {}
         self._values: dict[str, float] = {}
 
+    def plan(self, dataset: str, dims: int | None = None) -> Any:
+        """The budget resolved for ``dataset`` (:func:`skipdsl.train.common.plan_trial`)."""
+        from skipdsl.train.common import plan_trial
+
+        return plan_trial({**self.overrides, "dataset": dataset, "budget": self.budget.name},
+                          dims=dims)
+
     def dataset(self, name: str) -> tuple[int, int, int, tuple[int, ...]]:
         """(in_channels, num_classes, dims, image size) of a dataset as its trials load it."""
         if name not in self._data:
             from skipdsl.data import load_dataset
-            from skipdsl.train.trainer import _budget_n
 
             o = self.overrides
-            b = self.budget.for_dataset(name)
-            n = o.get("n") or _budget_n(b, name, o.get("data_root"))
+            n = self.plan(name).n
             ds = load_dataset(name, root=o.get("data_root"), seed=int(o.get("data_seed") or 0),
                               n=n, cache_dir=o.get("cache_dir"))
             self._data[name] = (int(ds.in_channels), int(ds.num_classes), int(ds.dims),
@@ -242,8 +245,7 @@ class _Sizer:
             from skipdsl.spec import load, scale_spec
 
             cin, k, dims, shape = self.dataset(dataset)
-            b = self.budget.for_dataset(dataset)
-            ref = scale_spec(load(t.model), b.width_scale_3d if dims == 3 else b.width_scale)
+            ref = scale_spec(load(t.model), self.plan(dataset, dims).width_scale)
             c = count(ref, in_channels=cin, num_classes=k, dims=dims,
                       size=shape if t.kind == "flops" else None)
             self._values[dataset] = float(c.params if t.kind == "params" else c.gflops)
@@ -285,35 +287,33 @@ def _pyramid_ref(model: str) -> tuple[Any, Any]:
 def _cost(config: dict[str, Any], cache: dict) -> float:
     """A trial's relative cost: forward GFLOPs of its budget-scaled model on a small input
     (64x64 in 2D, 24^3 in 3D) x epochs x training images; 0 when it cannot be estimated."""
-    from skipdsl.spec import scale_spec
-    from skipdsl.train import trainer
+    from skipdsl.models import create_model
+    from skipdsl.spec import Spec
+    from skipdsl.train.common import load_spec, plan_trial, resolve_config
     from skipdsl.train.metrics import gflops
 
-    import skipdsl
-
-    b = trainer.BUDGETS[config.get("budget", "smoke")].for_dataset(config["dataset"])
-    is3d = trainer._is_3d(config["dataset"], config.get("data_root"))
+    try:
+        plan = plan_trial(resolve_config(config))
+    except Exception:  # a bad config fails in its trial, with its reason
+        return 0.0
     model = config["model"]
     ref = model if isinstance(model, str) else repr(sorted(model.items()))
-    key = (ref, is3d, bool(config.get("deep_supervision")), config.get("budget"),
+    key = (ref, plan.dims, bool(config.get("deep_supervision")), config.get("budget"),
            config.get("width_scale"))
     if key not in cache:
+        size = (24,) * 3 if plan.is3d else (64, 64)
         try:
-            spec, scale = trainer.load_spec(model), b.width_scale_3d if is3d else b.width_scale
+            spec = load_spec(model)
+            scale = plan.width_scale
             if config.get("width_scale") is not None:  # --params/--flops: the solved factor
                 scale = float(config["width_scale"])
-            if getattr(spec, "is_baseline", False):
-                net = spec.build(in_channels=1, num_classes=1, dims=3 if is3d else 2,
-                                 image_size=24 if is3d else 64, width_scale=scale)
-            else:
-                net = skipdsl.compile(scale_spec(spec, scale), in_channels=1, num_classes=1,
-                                      dims=3 if is3d else 2, deep_supervision=key[2])
-            cache[key] = gflops(net, (1,) + ((24,) * 3 if is3d else (64, 64)))
+            net = create_model(spec if isinstance(spec, Spec) else spec.name, in_channels=1,
+                               num_classes=1, dims=plan.dims, width_scale=scale,
+                               deep_supervision=key[2], image_size=size)
+            cache[key] = gflops(net, (1,) + size)
         except Exception:  # an invalid spec fails in its trial, with its reason
             cache[key] = 0.0
-    epochs = config.get("epochs") or (b.epochs_3d if is3d else b.epochs)
-    n = config.get("n") or (b.n_3d if is3d else b.n) or 100
-    return cache[key] * epochs * n * (8.0 if is3d else 1.0)
+    return cache[key] * plan.epochs * (plan.n or 100) * (8.0 if plan.is3d else 1.0)
 
 
 def longest_first(trials: Sequence[Trial], *, by_cost: bool = True) -> list[Trial]:
@@ -332,20 +332,14 @@ def longest_first(trials: Sequence[Trial], *, by_cost: bool = True) -> list[Tria
 
 
 def budget_fingerprint(budget: Any, dataset: str | None = None) -> str:
-    """A short hash of a :class:`~skipdsl.train.trainer.Budget`'s fields as ``dataset`` gets them.
-
-    A budget's ``per_dataset`` changes count only for the dataset they name, so that changing
-    one dataset's recipe re-keys that dataset's trials alone.
-    """
-    import dataclasses
+    """A short hash of a :class:`~skipdsl.train.common.Budget` as a trial on ``dataset`` gets
+    it (:meth:`~skipdsl.train.common.Budget.key_fields`: its task's fields, its per-dataset
+    changes for that dataset only, so that changing one dataset's recipe re-keys that
+    dataset's trials alone)."""
     import hashlib
     import json
 
-    if dataset and hasattr(budget, "for_dataset"):  # instance budgets have no per-dataset part
-        budget = budget.for_dataset(dataset)
-    fields = dataclasses.asdict(budget)
-    fields.pop("per_dataset", None)
-    blob = json.dumps(fields, sort_keys=True, default=str)
+    blob = json.dumps(budget.key_fields(dataset), sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -599,10 +593,20 @@ def _store_callback_class(tune):
 def _run_ray(pending: list[Trial], out: Path, summary: SweepSummary, prog: _Progress, *,
              address: str | None, cpus_per_trial: float, gpus_per_trial: float,
              num_cpus: int | None, verbose: bool) -> None:
-    import logging
+    from ..raytools import local_ray_env
 
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    with local_ray_env(address):  # before Ray's first import
+        _run_tune(pending, out, summary, prog, address=address, cpus_per_trial=cpus_per_trial,
+                  gpus_per_trial=gpus_per_trial, num_cpus=num_cpus, verbose=verbose)
+
+
+def _run_tune(pending: list[Trial], out: Path, summary: SweepSummary, prog: _Progress, *,
+              address: str | None, cpus_per_trial: float, gpus_per_trial: float,
+              num_cpus: int | None, verbose: bool) -> None:
+    import logging
+
     from ray import tune
 
     from ..raytools import ray_session

@@ -1,13 +1,11 @@
-"""Race each compiled zoo model against the hand-written eager module of the same architecture.
+"""The speed and memory of compiled specs: train and inference images/s and the peak memory
+of one step, for zoo models or your own spec files.
 
-    bench speed --models unet,unetsharp --device cpu --out results/speed_cpu.md
-    bench speed --device cuda --dims 3 --fast --out results/speed_cuda_3d.md --json speed.json
+    bench speed --models unetsharp,my_spec.yaml --device cpu --out speed.md
+    bench speed --device cuda --dims 3 --fast --models unetsharp --json speed.json
 
-(``python benchmarks/speed.py ...`` is the same program.) For every model:
-``skipdsl.compile(name)`` (A) and :mod:`skipdsl.bench.reference_models` (B) are
-built with the same widths, checked to have the same parameter count, and B gets A's state
-dict, so both compute the same function (the largest output difference is reported). Then,
-in one process, A and B are timed INTERLEAVED (A B, then B A, ...; median over repetitions):
+For every model, ``skipdsl.compile(name)`` is built at the given widths and size and timed
+(median over repetitions):
 
 - train img/s: forward, BCE-with-logits loss, backward, Adam step (lr 1e-3, wd 1e-4)
 - infer img/s: ``eval()`` and ``torch.no_grad()`` forward
@@ -17,15 +15,20 @@ in one process, A and B are timed INTERLEAVED (A B, then B A, ...; median over r
   resident set before the step, measured after all timing with glibc's mmap threshold pinned
   to 64 KiB and the heap trimmed, so freed tensors return to the OS.
 
-``--fast`` applies the same fast path to both (:mod:`skipdsl.fast`: bf16 autocast on CUDA,
-channels_last, ``torch.compile``, and for inference CUDA graphs on CUDA; ``--fast PARTS`` picks
-parts), so a gain is the compiler's only where the ratio moves.
-Ratios are compiled / hand-written: > 1 means the compiled model is faster (img/s) or, for
-memory, needs more. With a fast path, each model's fast inference output is also checked
-against its plain eager fp32 forward (``fast rel diff``, the first 8 images).
+``--fast`` applies a fast path (:mod:`skipdsl.fast`: bf16 autocast on CUDA, channels_last,
+``torch.compile``, and for inference CUDA graphs on CUDA; ``--fast PARTS`` picks parts); each
+model's fast inference output is then checked against its plain eager fp32 forward
+(``fast rel diff``, the first 8 images).
+
+With ``references`` (``main(argv, references=...)``: zoo name -> a hand-written module of the
+same architecture), each compiled model races its reference: both get the same weights (the
+parameter count and the outputs are checked), they are timed INTERLEAVED (A B, then B A, ...)
+and the table shows both and their ratio (compiled / hand-written: > 1 means the compiled
+model is faster, or for memory needs more). ``benchmarks/speed.py`` is that race against the
+project's hand-written UNet family.
 
 ``--out`` (markdown) and ``--json`` are rewritten after every model, so a run stopped part way
-keeps the models it finished. ``--compile-only`` builds each pair and runs one step of each
+keeps the models it finished. ``--compile-only`` builds each model and runs one step of each
 kind, untimed: with ``--fast`` that compiles every graph into torch.compile's on-disk caches
 (FX graph and AOT autograd caches), which a later timed run in another process then reads.
 """
@@ -54,10 +57,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..fast import PARTS, FastPath, FastPathError
-from .reference_models import REFERENCE_MODELS
+from ..fileio import atomic_write_text
 
 __all__ = ["main", "parse_args", "benchmark", "build_pair", "Runner", "Row", "markdown",
-           "to_json", "HEADER", "MODELS_2D", "MODELS_3D"]
+           "to_json", "HEADER", "HEADER_ALONE", "MODELS_2D", "MODELS_3D"]
 
 VNET_WIDTHS = [16, 32, 64, 128, 256]
 MODELS_2D = ["unet", "wunet", "unetpp", "unet3p", "unetsharp"]
@@ -72,11 +75,17 @@ KINDS = ("compiled", "hand")
 # ---------------------------------------------------------------------------------------------
 # configuration
 
-def parse_args(argv: Sequence[str] | None, prog: str = "bench speed") -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None, prog: str = "bench speed",
+               references: dict[str, Callable[..., nn.Module]] | None = None
+               ) -> argparse.Namespace:
+    """The command line; ``references``: zoo name -> hand-written builder to race (None: the
+    compiled models alone)."""
     p = argparse.ArgumentParser(
-        prog=prog, description="Compiled skipdsl models vs hand-written eager PyTorch.")
+        prog=prog, description="Compiled skipdsl models vs hand-written eager PyTorch."
+        if references else "Train/inference speed and peak memory of compiled specs.")
     p.add_argument("--models", default=None,
-                   help=f"comma list or 'all' (2D default: {','.join(MODELS_2D)}; "
+                   help=f"comma list of zoo names{'' if references else ' or spec files'}, "
+                        f"or 'all' (2D default: {','.join(MODELS_2D)}; "
                         f"3D default: {','.join(MODELS_3D)})")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    choices=["cpu", "cuda"])
@@ -133,9 +142,10 @@ def parse_args(argv: Sequence[str] | None, prog: str = "bench speed") -> argpars
         args.models = default_models if args.models is None else MODELS_2D
     else:
         args.models = [m.strip() for m in args.models.split(",") if m.strip()]
-    unknown = [m for m in args.models if m not in REFERENCE_MODELS]
+    args.references = references
+    unknown = [m for m in args.models if references is not None and m not in references]
     if unknown:
-        p.error(f"unknown model(s) {unknown}; valid: {sorted(REFERENCE_MODELS)}")
+        p.error(f"unknown model(s) {unknown}; valid: {sorted(references)}")
     if args.widths:
         args.widths = [int(w) for w in args.widths.split(",")]
         if len(args.widths) != 5:
@@ -160,14 +170,18 @@ def device_name(device: str) -> str:
 # the two models
 
 def build_pair(name: str, args: argparse.Namespace) -> tuple[dict[str, nn.Module], int, float]:
-    """(models by kind, parameter count, max |output difference| / max |output|)."""
-    import skipdsl
+    """(models by kind, parameter count, max |output difference| / max |output|); without
+    ``args.references`` the compiled model alone (difference 0)."""
+    from skipdsl.compiler import compile
 
     torch.manual_seed(args.seed)
-    compiled = skipdsl.compile(name, in_channels=3, num_classes=1, dims=args.dims,
-                               widths=args.widths, deep_supervision=False)
-    hand = REFERENCE_MODELS[name](in_channels=3, num_classes=1, widths=args.widths,
-                                  dims=args.dims)
+    compiled = compile(name, in_channels=3, num_classes=1, dims=args.dims,
+                       widths=args.widths, deep_supervision=False)
+    if not args.references:
+        return {"compiled": compiled.to(args.device)}, sum(
+            p.numel() for p in compiled.parameters()), 0.0
+    hand = args.references[name](in_channels=3, num_classes=1, widths=args.widths,
+                                 dims=args.dims)
     n_a = sum(p.numel() for p in compiled.parameters())
     n_b = sum(p.numel() for p in hand.parameters())
     if n_a != n_b:
@@ -247,8 +261,9 @@ def interleaved_rates(runners: dict[str, Runner], step: str, args: argparse.Name
             getattr(r, step)()
         sync(args.device)
     rates: dict[str, list[float]] = {k: [] for k in runners}
+    kinds = [k for k in KINDS if k in runners]
     for rep in range(args.reps):
-        for kind in (KINDS if rep % 2 == 0 else KINDS[::-1]):
+        for kind in (kinds if rep % 2 == 0 else kinds[::-1]):
             fn = getattr(runners[kind], step)
             sync(args.device)
             t0 = time.perf_counter()
@@ -258,9 +273,11 @@ def interleaved_rates(runners: dict[str, Runner], step: str, args: argparse.Name
             rates[kind].append(args.iters * args.batch / (time.perf_counter() - t0))
     # the ratio is the median of per-repetition ratios: A and B of one repetition ran back to
     # back, so slow drift in the machine's load cancels within each pair
-    paired = [a / b for a, b in zip(rates["compiled"], rates["hand"])]
     out = {k: statistics.median(v) for k, v in rates.items()}
-    out.update(ratio=statistics.median(paired), ratio_min=min(paired), ratio_max=max(paired))
+    if "hand" in rates:
+        paired = [a / b for a, b in zip(rates["compiled"], rates["hand"])]
+        out.update(ratio=statistics.median(paired), ratio_min=min(paired),
+                   ratio_max=max(paired))
     return out
 
 
@@ -364,7 +381,7 @@ def benchmark(args: argparse.Namespace, log: Callable[[str], None] = print,
     rows: list[Row] = []
     kept: dict[str, dict[str, Runner]] = {}
     for name in args.models:
-        log(f"[{name}] building and checking the pair")
+        log(f"[{name}] building" + (" and checking the pair" if args.references else ""))
         models, n, rel = build_pair(name, args)
         row = Row(name, n, rel)
         rows.append(row)
@@ -409,7 +426,7 @@ def benchmark(args: argparse.Namespace, log: Callable[[str], None] = print,
 
 def _measure_memory(row: Row, runners: dict[str, Runner], libc) -> None:
     try:
-        for kind in KINDS:
+        for kind in runners:
             row.train_mb[kind] = peak_step_mb(runners[kind], "train_step", libc)
             row.infer_mb[kind] = peak_step_mb(runners[kind], "infer_step", libc)
     except torch.OutOfMemoryError as e:
@@ -445,9 +462,22 @@ HEADER = ["model", "params", "max rel diff",
           "infer peak MB compiled", "infer peak MB hand", "infer mem ratio"]
 
 
-def table_rows(rows: list[Row], spread: bool = True) -> list[list[str]]:
+#: The table's columns without references: the compiled models alone.
+HEADER_ALONE = ["model", "params", "train img/s", "infer img/s", "train peak MB",
+                "infer peak MB"]
+
+
+def table_rows(rows: list[Row], spread: bool = True, race: bool = True) -> list[list[str]]:
+    """Cells of :data:`HEADER` (``race``) or :data:`HEADER_ALONE`, one list a row."""
     out = []
     for r in rows:
+        if not race:
+            cells = [r.model, f"{r.params:,}"] + [
+                _num(d.get("compiled")) for d in (r.train, r.infer, r.train_mb, r.infer_mb)]
+            if r.error:
+                cells[2] = r.error
+            out.append(cells)
+            continue
         cells = [r.model, f"{r.params:,}", f"{r.max_rel_diff:.1e}"]
         for d in (r.train, r.infer):
             cells += [_num(d.get("compiled")), _num(d.get("hand")), _ratio(d, spread)]
@@ -481,24 +511,32 @@ def _pending(rows: list[Row], args: argparse.Namespace) -> list[str]:
 
 
 def markdown(rows: list[Row], args: argparse.Namespace, command: str) -> str:
-    lines = [f"# Speed: compiled skipdsl vs hand-written PyTorch ({args.device}, {args.dims}D)",
+    race = bool(args.references)
+    title = ("compiled skipdsl vs hand-written PyTorch" if race
+             else "compiled skipdsl models")
+    lines = [f"# Speed: {title} ({args.device}, {args.dims}D)",
              "", f"Command: `{command}`", "",
              f"Date: {_dt.datetime.now().isoformat(timespec='seconds')}", ""]
     lines += [f"- {k}: {v}" for k, v in settings(args).items()]
-    lines += ["", "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
-    lines += ["| " + " | ".join(c) + " |" for c in table_rows(rows)]
+    head = HEADER if race else HEADER_ALONE
+    lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(c) + " |" for c in table_rows(rows, race=race)]
     mem = ("CUDA max_memory_allocated during one step minus memory_allocated before it"
            if args.device == "cuda" else
            "peak resident set (VmHWM after /proc/self/clear_refs) during one step minus the "
            "resident set before it, glibc mmap threshold 64 KiB")
-    lines += ["", "Ratios are compiled / hand-written (img/s: > 1 = compiled faster; "
-              "memory: > 1 = compiled needs more). An img/s ratio is the median of the "
-              "per-repetition ratios (A and B of a repetition ran back to back), with their "
-              "min-max in brackets. Peak MB: " + mem + "; weights, gradients "
-              "kept from before and Adam state are not counted (identical for both). "
-              "max rel diff: largest |output difference| / largest |output| after copying the "
-              "compiled model's weights into the hand-written one (eval, fp32).", ""]
-    diffs = [f"{r.model} compiled {r.fast_diff['compiled']:.1e}, hand {r.fast_diff['hand']:.1e}"
+    if not race:
+        lines += ["", f"Peak MB: {mem}; weights, gradients kept from before and Adam state "
+                  "are not counted.", ""]
+    else:
+        lines += ["", "Ratios are compiled / hand-written (img/s: > 1 = compiled faster; "
+                  "memory: > 1 = compiled needs more). An img/s ratio is the median of the "
+                  "per-repetition ratios (A and B of a repetition ran back to back), with their "
+                  "min-max in brackets. Peak MB: " + mem + "; weights, gradients "
+                  "kept from before and Adam state are not counted (identical for both). "
+                  "max rel diff: largest |output difference| / largest |output| after copying the "
+                  "compiled model's weights into the hand-written one (eval, fp32).", ""]
+    diffs = [f"{r.model} " + ", ".join(f"{k} {v:.1e}" for k, v in r.fast_diff.items())
              for r in rows if r.fast_diff]
     if diffs:
         lines += ["fast rel diff (fast-path inference vs the plain eager fp32 forward of the "
@@ -523,15 +561,18 @@ def print_rich(rows: list[Row], args: argparse.Namespace, command: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"compiled / hand-written, {args.device} {args.dims}D",
+    race = bool(args.references)
+    table = Table(title=f"{'compiled / hand-written' if race else 'compiled'}, "
+                        f"{args.device} {args.dims}D",
                   caption="; ".join(f"{k}: {v}" for k, v in settings(args).items()))
-    short = ["model", "params", "rel diff", "train c", "train h", "train x",
-             "infer c", "infer h", "infer x", "trainMB c", "trainMB h", "mem x",
-             "inferMB c", "inferMB h", "mem x"]
+    short = (["model", "params", "rel diff", "train c", "train h", "train x",
+              "infer c", "infer h", "infer x", "trainMB c", "trainMB h", "mem x",
+              "inferMB c", "inferMB h", "mem x"] if race else
+             ["model", "params", "train img/s", "infer img/s", "train MB", "infer MB"])
     for i, h in enumerate(short):
         table.add_column(h, justify="left" if i == 0 else "right",
                          style="bold" if h.endswith(" x") else None)
-    for cells in table_rows(rows, spread=False):
+    for cells in table_rows(rows, spread=False, race=race):
         table.add_row(*cells)
     console = Console(width=max(160, Console().width))
     console.print(f"[dim]{command}[/dim]")
@@ -540,16 +581,16 @@ def print_rich(rows: list[Row], args: argparse.Namespace, command: str) -> None:
 
 def _write(path: str | None, text: str) -> None:
     if path:
-        from .store import atomic_write_text
-
         atomic_write_text(path, text)
 
 
-def main(argv: Sequence[str] | None = None, prog: str = "bench speed") -> int:
-    """CLI entry (``bench speed``; ``benchmarks/speed.py`` calls it with its own prog)."""
+def main(argv: Sequence[str] | None = None, prog: str = "bench speed",
+         references: dict[str, Callable[..., nn.Module]] | None = None) -> int:
+    """CLI entry (``bench speed``; ``benchmarks/speed.py`` calls it with its prog and the
+    hand-written references)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     command = shlex.join([*shlex.split(prog), *argv])
-    args = parse_args(argv, prog=prog)
+    args = parse_args(argv, prog=prog, references=references)
 
     def save(rows: list[Row]) -> None:
         if not args.compile_only:

@@ -50,7 +50,7 @@ ALPHA = 0.05
 #: Bootstrap samples for intervals and ranking stability.
 N_BOOT = 1000
 
-#: The UNet# paper's Table 1 (IoU %, REFERENCE.md section 2), by configuration label. Our
+#: The UNet# paper's Table 1 (IoU %; Qian et al. 2022, UNet#), by configuration label. Our
 #: built-in datasets stand in for the paper's (:data:`PAPER_DATASETS`); 3D: V-Net forms.
 PAPER_TABLE1: dict[str, dict[str, float]] = {
     "DSB2018": {"unet": 90.15, "unetpp": 92.02, "unetpp+DS": 91.98, "unet3p": 91.96,

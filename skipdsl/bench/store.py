@@ -12,9 +12,8 @@ Layout of ``OUT``::
     OUT/cases.parquet                     every trial's per-case values, with trial columns
     OUT/curves.csv                        every trial's validation curve
 
-Every file is written to a temporary name in the same folder and moved into place with
-``os.replace`` (atomic on POSIX), so a killed run leaves either the old or the new file, never
-half of one; ``results.csv`` is derived data and can always be rebuilt with
+Every file is written atomically (:mod:`skipdsl.fileio`), so a killed run leaves either the old
+or the new file, never half of one; ``results.csv`` is derived data and can always be rebuilt with
 :func:`write_tables`.
 """
 from __future__ import annotations
@@ -22,13 +21,13 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
+
+from ..fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 __all__ = [
     "RESULT_COLUMNS",
@@ -71,57 +70,6 @@ def trial_key(spec_hash: str, dataset: str, budget: str, seed: int, deep_supervi
     blob = json.dumps([spec_hash, dataset, budget, int(seed), bool(deep_supervision), extra],
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-# -- atomic writes --------------------------------------------------------------------------
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return path
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def _plain(obj: Any) -> Any:
-    """JSON-safe copy: numpy scalars/arrays to Python, NaN/inf to None, paths to str."""
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _plain(obj.tolist())
-    if isinstance(obj, (np.bool_,)):
-        return bool(obj)
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        f = float(obj)
-        return f if math.isfinite(f) else None
-    if isinstance(obj, (str, int, bool)) or obj is None:
-        return obj
-    return str(obj)
-
-
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(_plain(obj), indent=1, allow_nan=False) + "\n")
 
 
 # -- trials ---------------------------------------------------------------------------------

@@ -289,7 +289,7 @@ def stack_samples(
     """Stack per-sample ``(image, mask)`` pairs into a dataset; DataError when none are left."""
     if not samples:
         raise data_error(meta.get("source", name), "no usable samples were found",
-                         "check the folder layout (REFERENCE.md section 4) and the warnings "
+                         "check the folder layout (docs/bench.md, Datasets) and the warnings "
                          "printed for skipped files")
     shapes = sorted({(s[0].shape, s[1].shape) for s in samples})
     if len(shapes) > 1:

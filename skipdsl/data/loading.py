@@ -193,7 +193,7 @@ def _real_folder(entry: DatasetEntry, root: str | Path | None) -> Path:
         raise data_error(f"$SKIPDSL_DATA/{entry.folder}", f"dataset '{entry.name}' reads real "
                          "files but no root folder was given",
                          "pass root=FOLDER (or set $SKIPDSL_DATA) where "
-                         f"FOLDER/{entry.folder} holds the data (REFERENCE.md section 4)")
+                         f"FOLDER/{entry.folder} holds the data (docs/bench.md, Datasets)")
     folder = base / str(entry.folder)
     if not folder.is_dir():
         raise data_error(folder, f"dataset '{entry.name}' folder is missing",

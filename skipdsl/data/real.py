@@ -1,4 +1,5 @@
-"""Loaders for the real datasets, in their published layouts (REFERENCE.md section 4).
+"""Loaders for the real datasets, in their published layouts (docs/bench.md, Datasets: DSB2018
+stage1_train, BraTS 2019, LiTS 2017, LIDC-IDRI image/mask pairs, LUNA16 .mhd/.raw).
 
 Each loader reads ``ROOT/<folder>``, one case at a time through a :class:`CaseGuard` (a bad
 case raises a DataError naming its file, or is skipped with a warning), resizes to the

@@ -7,9 +7,9 @@ measured trials in an Optuna study (NSGA-II / TPE; SQLite or PostgreSQL; Optuna 
 Optuna, Ray and matplotlib are imported by the functions that use them.
 """
 from .objective import OBJECTIVES, SearchConfig
-from .runner import report, run_search
+from .runner import rebuild_outputs, run_search
 from .space import SearchSpace, list_spaces, load_space, loads_space, scale_spec
 from .study import SearchError
 
-__all__ = ["run_search", "report", "load_space", "loads_space", "list_spaces", "SearchSpace",
-           "SearchConfig", "SearchError", "OBJECTIVES", "scale_spec"]
+__all__ = ["run_search", "rebuild_outputs", "load_space", "loads_space", "list_spaces",
+           "SearchSpace", "SearchConfig", "SearchError", "OBJECTIVES", "scale_spec"]

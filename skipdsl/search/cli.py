@@ -213,9 +213,9 @@ def _command() -> str:
 
 
 def _report(args) -> int:
-    from .runner import report
+    from .runner import rebuild_outputs
 
-    files = report(args.dir, storage=args.storage)
+    files = rebuild_outputs(args.dir, storage=args.storage)
     _console().print("wrote " + ", ".join(str(p) for p in files.values()))
     return 0
 

@@ -126,19 +126,19 @@ def prepare(space: SearchSpace, point: dict[str, Any], cfg: SearchConfig,
             name: str = "search", *, check_cost: bool = True) -> Prepared:
     """Build, validate and scale a point; raises ``SpecError`` for an invalid one and
     :class:`TooCostly` for one above ``cfg.max_gflops``."""
-    import skipdsl
+    from skipdsl.graph import spec_hash
     from ..bench.store import trial_key
 
     nominal = space.build(point, name=name)
     spec = scale_spec(nominal, cfg.width_scale)
-    h = skipdsl.spec_hash(spec)  # expands and validates the scaled graph too
+    h = spec_hash(spec)  # expands and validates the scaled graph too
     if cfg.max_gflops and check_cost:
         cost = forward_gflops(spec, cfg)
         if cost > cfg.max_gflops:
             raise TooCostly(f"one forward pass costs {cost:.3g} GFLOPs, above the "
                             f"{cfg.max_gflops:g} GFLOPs cap of the '{cfg.budget}' budget "
                             "(budgets.<budget>.max_gflops in the space, or --max-gflops)")
-    extra = {"cgm": _cgm_of(spec), "loss": spec.loss,
+    extra = {"cgm": cgm_key(spec), "loss": spec.loss,
              **{k: cfg.overrides.get(k) for k in RESULT_OVERRIDES}}
     if cfg.trainer != DEFAULT_TRAINER:
         extra["trainer"] = cfg.trainer
@@ -148,15 +148,16 @@ def prepare(space: SearchSpace, point: dict[str, Any], cfg: SearchConfig,
 
 def forward_gflops(spec: Spec, cfg: SearchConfig) -> float:
     """GFLOPs of one forward pass of one image (main head) at the latency size."""
-    import skipdsl
+    from skipdsl.compiler import compile
     from ..train.metrics import gflops
 
     size = cfg.latency_size or (96 if spec.dims == 2 else 64)
-    model = skipdsl.compile(spec, deep_supervision=False, cgm=False)
+    model = compile(spec, deep_supervision=False, cgm=False)
     return gflops(model, (spec.in_channels, *([size] * spec.dims)))
 
 
-def _cgm_of(spec: Spec) -> str | None:
+def cgm_key(spec: Spec) -> str | None:
+    """The spec's CGM settings as a trial-key part (``None`` without CGM)."""
     if not spec.cgm:
         return None
     return ",".join(sorted({f"{h.cgm}@{h.cgm_from or h.node}" for h in spec.heads if h.cgm}))
@@ -271,10 +272,10 @@ def measure_latency(spec: Spec, result: dict[str, Any], cfg: SearchConfig) -> fl
     """
     import torch
 
-    import skipdsl
+    from skipdsl.compiler import compile
 
     dims = int(result.get("dims") or spec.dims)
-    model = skipdsl.compile(spec, dims=dims, deep_supervision=False, cgm=False,
+    model = compile(spec, dims=dims, deep_supervision=False, cgm=False,
                             in_channels=int(result.get("in_channels") or spec.in_channels),
                             num_classes=int(result.get("num_classes") or spec.num_classes))
     dev = torch.device(result.get("device") or "cpu")

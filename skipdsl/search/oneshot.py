@@ -104,9 +104,9 @@ def run_oneshot(
     import torch
 
     from ..raytools import cpu_count
-    from ..train.trainer import BUDGETS
-    from .runner import _check_dataset
-    from .study import SearchError, make_sampler, make_storage, open_study, redact, storage_url
+    from ..train.common import BUDGETS, plan_trial
+    from .study import (SearchError, check_dataset, make_sampler, make_storage, open_study,
+                        redact, storage_url)
 
     t0 = time.perf_counter()
     if log is None:
@@ -119,19 +119,20 @@ def run_oneshot(
         raise SearchError(f"--top-k must be >= 0, found {top_k}")
     if budget not in BUDGETS:
         raise SearchError(f"unknown budget '{budget}'; valid: {', '.join(BUDGETS)}")
-    _check_dataset(dataset)
+    check_dataset(dataset)
     sp = load_space(space or DEFAULT_SPACE)
-    plan = sp.budget(budget)
-    over = {**plan.overrides(), **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    space_budget = sp.budget(budget)  # the space's settings for this budget
+    over = {**space_budget.overrides(), **{k: v for k, v in (overrides or {}).items()
+                                       if v is not None}}
     over.setdefault("threads", max(1, cpu_count()) if not torch.cuda.is_available() else None)
     over = {k: v for k, v in over.items() if v is not None}
     cfg = SearchConfig(dataset=dataset, budget=budget, seed=seed, objectives=tuple(objectives),
-                       width_scale=float(width_scale or plan.width_scale), overrides=over,
+                       width_scale=float(width_scale or space_budget.width_scale), overrides=over,
                        prune="none", latency_size=latency_size, latency_iters=latency_iters)
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     cfg.checkpoint_dir = str(out / "checkpoints") if weights else None
-    epochs = int(over.get("epochs") or BUDGETS[budget].for_dataset(dataset).epochs)
+    epochs = int(plan_trial({**over, "dataset": dataset, "budget": budget}).epochs)
     sn_epochs = default_supernet_epochs(epochs) if supernet_epochs is None else supernet_epochs
     phases: dict[str, dict[str, float]] = {}
 
@@ -254,7 +255,7 @@ def run_oneshot(
 
     # -- 3. retrain the best from scratch ------------------------------------------------------
     from ..bench.store import trial_key
-    from .objective import RESULT_OVERRIDES, Prepared, _cgm_of, evaluate
+    from .objective import RESULT_OVERRIDES, Prepared, cgm_key, evaluate
     from .report import pareto_rows
 
     clock = _Clock()
@@ -278,7 +279,7 @@ def run_oneshot(
         trial = study.ask()
         point = {k: trial.suggest_categorical(k, ch) for k, ch in choices.items()}
         cand = net.candidate(point, name=f"oneshot_t{trial.number:05d}")
-        extra = {"cgm": _cgm_of(cand.spec), "loss": cand.spec.loss,
+        extra = {"cgm": cgm_key(cand.spec), "loss": cand.spec.loss,
                  **{k: cfg.overrides.get(k) for k in RESULT_OVERRIDES}}
         key = trial_key(cand.hash, dataset, budget, seed, False, extra)
         prep = Prepared(point=point, nominal=None, spec=cand.spec, hash=cand.hash, key=key)
@@ -414,7 +415,7 @@ def _plot(path: Path, df, cfg: SearchConfig) -> Path:
 
 def _report(out: Path, df, front, paths: list[Path], cfg: SearchConfig,
             settings: dict[str, Any]) -> Path:
-    from .report import _table
+    from .report import markdown_table
 
     ph = settings.get("phases") or {}
     rank = df[(df["phase"] == RANK)]
@@ -452,7 +453,7 @@ def _report(out: Path, df, front, paths: list[Path], cfg: SearchConfig,
     if len(re):
         cols = ["number", "of_trial", "zoo", "inherited_iou", "iou", "test_iou", "params_m",
                 "latency_ms", "n_edges", "gated_off", "hash"]
-        lines.append(_table(re.sort_values("inherited_iou", ascending=False), cols))
+        lines.append(markdown_table(re.sort_values("inherited_iou", ascending=False), cols))
         if len(re) >= 3:
             from scipy.stats import kendalltau
 
@@ -467,7 +468,7 @@ def _report(out: Path, df, front, paths: list[Path], cfg: SearchConfig,
     if len(front):
         f = front.copy()
         f["file"] = [f"pareto/{p.name}" for p in paths]
-        lines.append(_table(f, ["number", "zoo", "iou", "test_iou", "inherited_iou",
+        lines.append(markdown_table(f, ["number", "zoo", "iou", "test_iou", "inherited_iou",
                                 "params_m", "latency_ms", "file"]))
     else:
         lines.append("None.")
@@ -481,7 +482,7 @@ def _report(out: Path, df, front, paths: list[Path], cfg: SearchConfig,
     return p
 
 
-def report(out: str | Path, storage: str | None = None) -> dict[str, Path]:
+def rebuild_outputs(out: str | Path, storage: str | None = None) -> dict[str, Path]:
     """Rebuild a one-shot folder's outputs from its study."""
     from .study import load_for_report
 
@@ -490,4 +491,4 @@ def report(out: str | Path, storage: str | None = None) -> dict[str, Path]:
     return write_outputs(out, study, space, cfg, settings)
 
 
-__all__ = ["run_oneshot", "OneShotSummary", "write_outputs", "report", "DEFAULT_SPACE"]
+__all__ = ["run_oneshot", "OneShotSummary", "write_outputs", "rebuild_outputs", "DEFAULT_SPACE"]

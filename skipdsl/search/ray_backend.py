@@ -124,7 +124,21 @@ def run_ray(storage, study_name: str, space: SearchSpace, cfg: SearchConfig, tri
             sampler, trainer: "str | Callable", out: Path, address: str | None = None,
             cpus_per_trial: float = 1, gpus_per_trial: float = 0, num_cpus: int | None = None,
             log: Callable[[str], None] = print) -> int:
-    """Run the trials the study still misses on Ray Tune; returns how many were started."""
+    """Run the trials the study still misses on Ray Tune; returns how many were started. A
+    local Ray (no ``address``) runs with :data:`skipdsl.raytools.LOCAL_RAY_ENV`."""
+    from ..raytools import local_ray_env
+
+    with local_ray_env(address):  # before Ray's first import
+        return _run_ray(storage, study_name, space, cfg, trials, sampler=sampler,
+                        trainer=trainer, out=out, address=address,
+                        cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
+                        num_cpus=num_cpus, log=log)
+
+
+def _run_ray(storage, study_name: str, space: SearchSpace, cfg: SearchConfig, trials: int, *,
+             sampler, trainer: "str | Callable", out: Path, address: str | None,
+             cpus_per_trial: float, gpus_per_trial: float, num_cpus: int | None,
+             log: Callable[[str], None]) -> int:
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")  # invalid/cached reports
     import warnings
 
@@ -138,9 +152,8 @@ def run_ray(storage, study_name: str, space: SearchSpace, cfg: SearchConfig, tri
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.optuna import OptunaSearch
 
-    from skipdsl.train.trainer import BUDGETS
-
     from ..raytools import ray_session
+    from ..train.common import plan_trial
     from .heartbeat import Pulse
 
     log = _Log(log)
@@ -221,7 +234,8 @@ def run_ray(storage, study_name: str, space: SearchSpace, cfg: SearchConfig, tri
                 + (f" {', '.join(f'{m} {v:.4g}' for m, v in zip(metrics, values))}"
                    if values else f" {str(attrs.get('reason', '')).splitlines()[0]}"))
 
-    epochs = int(cfg.overrides.get("epochs") or BUDGETS[cfg.budget].epochs)
+    epochs = int(plan_trial({**cfg.overrides, "dataset": cfg.dataset,
+                             "budget": cfg.budget}).epochs)
 
     def scheduler():
         if cfg.prune == "none":

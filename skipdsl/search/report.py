@@ -71,7 +71,7 @@ def pareto_rows(df, cfg: SearchConfig):
 
 def write_pareto(out: Path, front, study, cfg: SearchConfig, study_name: str) -> list[Path]:
     """One spec file per front member; the folder is rewritten (the front moves on resume)."""
-    import skipdsl
+    from skipdsl.compiler import compile
     from skipdsl.spec import from_dict
 
     folder = out / "pareto"
@@ -88,7 +88,7 @@ def write_pareto(out: Path, front, study, cfg: SearchConfig, study_name: str) ->
         data["description"] = (f"Pareto trial {t.number} of study {study_name} ({cfg.dataset}, "
                                f"{cfg.budget}): {objs}")
         spec = from_dict(data)
-        skipdsl.compile(spec)  # every written spec compiles
+        compile(spec)  # every written spec compiles
         header = [f"# skipdsl search: trial {t.number} of study '{study_name}', on the Pareto "
                   f"front of {', '.join(cfg.objectives)}",
                   f"# {objs}; hash {r['hash']}"
@@ -114,7 +114,7 @@ def copy_weights(src: Path, dst: Path, spec_path: Path) -> Path | None:
     is not kept (a warning says why)."""
     import warnings
 
-    from skipdsl.bench.store import atomic_write_bytes
+    from skipdsl.fileio import atomic_write_bytes
     from skipdsl.checkpoint import load_checkpoint
     from skipdsl.errors import DataError, SpecError
 
@@ -177,7 +177,8 @@ def _fmt(v: Any, digits: int = 4) -> str:
     return str(v)
 
 
-def _table(df, cols: list[str]) -> str:
+def markdown_table(df, cols: list[str]) -> str:
+    """A markdown table of ``df``'s columns ``cols``, one row per row."""
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for _, r in df.iterrows():
         lines.append("| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |")
@@ -221,14 +222,14 @@ def write_report(out: Path, df, front, paths: list[Path], cfg: SearchConfig,
         f["file"] = [f"pareto/{p.name}" for p in paths]
         f["weights"] = [f"pareto/{p.with_suffix('.pt').name}" if p.with_suffix(".pt").is_file()
                         else "-" for p in paths]
-        lines.append(_table(f, ["number", "zoo", "iou", "test_iou", "params_m", "latency_ms",
+        lines.append(markdown_table(f, ["number", "zoo", "iou", "test_iou", "params_m", "latency_ms",
                                 "gflops", "hash", "file", "weights"]))
     else:
         lines.append("No complete trial yet.")
     zoo = df[df["zoo"].notna()].sort_values("number").drop_duplicates(subset="zoo")
     lines += ["", "## Zoo models (reference points)", ""]
     if len(zoo):
-        lines.append(_table(zoo, ["zoo", "number", "status", "iou", "test_iou", "params_m",
+        lines.append(markdown_table(zoo, ["zoo", "number", "status", "iou", "test_iou", "params_m",
                                   "latency_ms", "hash"]))
     else:
         lines.append("None measured in this study (run without --no-zoo to measure them).")

@@ -12,7 +12,7 @@ from typing import Any, Callable, Sequence
 from ..raytools import cpu_count
 from .objective import DEFAULT_TRAINER, SearchConfig
 from .space import SearchSpace, load_space
-from .study import (HEARTBEAT_S, SearchError, SearchSummary, counted_trials,
+from .study import (HEARTBEAT_S, SearchError, SearchSummary, check_dataset, counted_trials,
                     default_study_name, enqueue_zoo, make_pruner, make_sampler, make_storage,
                     open_study, redact, run_optuna, state_counts, storage_url)
 
@@ -106,16 +106,18 @@ def run_search(
     if budget not in BUDGETS:
         raise SearchError(f"unknown budget '{budget}'; valid: {', '.join(BUDGETS)}")
     sp = load_space(space)
-    plan = sp.budget(budget)
+    space_budget = sp.budget(budget)  # the space's settings for this budget
     cfg = SearchConfig(dataset=dataset, budget=budget, seed=seed, objectives=tuple(objectives),
-                       width_scale=float(width_scale or plan.width_scale),
+                       width_scale=float(width_scale or space_budget.width_scale),
                        trainer=_trainer_name(trainer),
-                       overrides={**plan.overrides(), **{k: v for k, v in (overrides or {}).items()
-                                                         if v is not None}},
+                       overrides={**space_budget.overrides(),
+                                  **{k: v for k, v in (overrides or {}).items()
+                                     if v is not None}},
                        prune=prune, prune_warmup=prune_warmup, prune_min_trials=prune_min_trials,
                        latency_size=latency_size, latency_iters=latency_iters,
-                       max_gflops=(plan.max_gflops if max_gflops is None else max_gflops) or None)
-    _check_dataset(dataset)
+                       max_gflops=(space_budget.max_gflops if max_gflops is None
+                                   else max_gflops) or None)
+    check_dataset(dataset)
     if backend == "optuna":
         workers = workers or auto_workers()
         if workers < 1:
@@ -260,18 +262,7 @@ def _started(study) -> int:
     return sum(t.state != TrialState.WAITING for t in study.get_trials(deepcopy=False))
 
 
-def _check_dataset(name: str) -> None:
-    """Refuse a dataset name that is not registered before any trial runs (with the valid
-    names); whether a real dataset's files are there is checked by the trial that loads it."""
-    from skipdsl.data import DATASETS
-
-    if name.split(":")[0] not in DATASETS:
-        from ..errors import did_you_mean
-
-        raise SearchError(f"unknown dataset '{name}'; {did_you_mean(name, DATASETS)}")
-
-
-def report(out: str | Path, storage: str | None = None) -> dict[str, Path]:
+def rebuild_outputs(out: str | Path, storage: str | None = None) -> dict[str, Path]:
     """Rebuild the outputs of a search folder from its study (either strategy)."""
     from .report import write_outputs
     from .study import load_for_report
@@ -279,9 +270,9 @@ def report(out: str | Path, storage: str | None = None) -> dict[str, Path]:
     settings_file = Path(out) / "search.json"
     if settings_file.is_file() and \
             json.loads(settings_file.read_text()).get("strategy") == "oneshot":
-        from .oneshot import report as oneshot_report
+        from .oneshot import rebuild_outputs as oneshot_outputs
 
-        return oneshot_report(out, storage)
+        return oneshot_outputs(out, storage)
 
     study, space, cfg, settings = load_for_report(out, storage)
     return write_outputs(out, study, space, cfg, settings)

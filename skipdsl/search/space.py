@@ -42,7 +42,7 @@ NO_BACKBONE = "none"  # the backbone choice of the grid's own (DSL) encoder
 Scalar = Union[bool, int, float, str]
 
 
-def _choices(v: Any) -> list:
+def choices_of(v: Any) -> list:
     """A scalar is one fixed choice; a list is the choices."""
     return list(v) if isinstance(v, (list, tuple)) else [v]
 
@@ -78,7 +78,7 @@ class EdgeCandidate(_Model):
     @field_validator("project")
     @classmethod
     def _non_negative(cls, v):
-        if any(int(c) < 0 for c in _choices(v)):
+        if any(int(c) < 0 for c in choices_of(v)):
             raise ValueError("projection channels must be >= 0 (0 = no projection)")
         return v
 
@@ -99,7 +99,7 @@ class EdgeCandidate(_Model):
         if self.rule is not None:
             extra = ""
             if self.to is not None:
-                extra += "_to_" + "_".join(_choices(self.to))
+                extra += "_to_" + "_".join(choices_of(self.to))
             if self.min_k is not None or self.max_k is not None:
                 extra += f"_k{self.min_k if self.min_k is not None else ''}-" \
                          f"{self.max_k if self.max_k is not None else ''}"
@@ -108,7 +108,7 @@ class EdgeCandidate(_Model):
 
     def values(self) -> list[str]:
         """The parameter's choices: ``off``, ``on`` (no projection), ``p64`` (project to 64)."""
-        on = [ON if int(c) == 0 else f"p{int(c)}" for c in _choices(self.project)]
+        on = [ON if int(c) == 0 else f"p{int(c)}" for c in choices_of(self.project)]
         return ([OFF] if self.optional else []) + on
 
 
@@ -219,7 +219,7 @@ class SearchSpace(_Model):
         if v is None:
             return v
         valid = [NO_BACKBONE, *BACKBONES]
-        choices = [str(c) for c in _choices(v)]
+        choices = [str(c) for c in choices_of(v)]
         if not choices:
             raise ValueError("give a backbone or a list of choices, e.g. [none, resnet34]; "
                              + did_you_mean("", valid))
@@ -234,14 +234,14 @@ class SearchSpace(_Model):
 
     @model_validator(mode="after")
     def _check(self) -> "SearchSpace":
-        for v in _choices(self.ds_heads):
+        for v in choices_of(self.ds_heads):
             if v not in DS_HEADS:
                 raise ValueError(f"ds_heads: unknown head set '{v}'; {did_you_mean(v, DS_HEADS)}")
-        for v in _choices(self.cgm):
+        for v in choices_of(self.cgm):
             if v not in CGM_VARIANTS:
                 raise ValueError(f"cgm: unknown variant '{v}'; {did_you_mean(v, CGM_VARIANTS)}")
         self._check_backbone()
-        for v in _choices(self.nodes):
+        for v in choices_of(self.nodes):
             if isinstance(v, str) and v not in ("triangle", "diagonal"):
                 raise ValueError(f"nodes: '{v}' is not a node set; use triangle, diagonal or a "
                                  f"list of node ids")
@@ -252,7 +252,7 @@ class SearchSpace(_Model):
                              f"of them a 'name'")
         if not self.edges:
             raise ValueError("a space needs at least one edge candidate")
-        depths = _choices(self.depth)
+        depths = choices_of(self.depth)
         mult = self.widths.multipliers
         if mult is not None and len(mult) < max(depths):
             raise ValueError(f"widths.multipliers has {len(mult)} levels but depth can be "
@@ -262,7 +262,7 @@ class SearchSpace(_Model):
     def backbone_choices(self) -> list[str]:
         """The backbone dimension's choices (``none`` = the grid's own encoder); ``[]`` when the
         space has no backbone key."""
-        return [] if self.backbone is None else [str(v) for v in _choices(self.backbone)]
+        return [] if self.backbone is None else [str(v) for v in choices_of(self.backbone)]
 
     def _check_backbone(self) -> None:
         """Nothing in the space that a named backbone cannot be (the field validator has
@@ -278,7 +278,7 @@ class SearchSpace(_Model):
         if dims != 2:
             raise ValueError(f"backbone: {', '.join(named)}: 2D torchvision networks only, but "
                              f"fixed.dims is {dims}; use dims: 2 or drop the backbone key")
-        deepest = max(_choices(self.depth))
+        deepest = max(choices_of(self.depth))
         for v in named:
             n = len(BACKBONES.get(v).channels)
             if deepest > n:
@@ -288,40 +288,40 @@ class SearchSpace(_Model):
     # -- parameters ---------------------------------------------------------------------
     def node_choices(self) -> list[str]:
         """Node-set choices as parameter values: 'triangle', 'diagonal' or 'x_0_0,x_1_0,...'."""
-        return [v if isinstance(v, str) else ",".join(v) for v in _choices(self.nodes)]
+        return [v if isinstance(v, str) else ",".join(v) for v in choices_of(self.nodes)]
 
     def dimensions(self, depth: int | None = None) -> list[tuple[str, list]]:
         """Every (parameter, choices) pair; ``depth`` limits the per-level ones."""
         w = self.widths
-        dims: list[tuple[str, list]] = [("depth", _choices(self.depth))]
+        dims: list[tuple[str, list]] = [("depth", choices_of(self.depth))]
         if self.backbone is not None:
             dims.append(("backbone", self.backbone_choices()))
-        dims += [("width_base", _choices(w.base)), ("width_growth", _choices(w.growth))]
-        levels = max(_choices(self.depth)) if depth is None else depth
+        dims += [("width_base", choices_of(w.base)), ("width_growth", choices_of(w.growth))]
+        levels = max(choices_of(self.depth)) if depth is None else depth
         for i, m in enumerate((w.multipliers or [])[:levels]):
-            dims.append((f"width_mult_{i}", _choices(m)))
+            dims.append((f"width_mult_{i}", choices_of(m)))
         dims.append(("nodes", self.node_choices()))
         for part, blk in (("enc", self.encoder_block), ("dec", self.decoder_block)):
             for k, v in blk.items():
-                dims.append((f"{part}_{k}", _choices(v)))
-        dims.append(("decoder_width", _choices(self.decoder_width)))
+                dims.append((f"{part}_{k}", choices_of(v)))
+        dims.append(("decoder_width", choices_of(self.decoder_width)))
         dims += [(e.key, e.values()) for e in self.edges]
-        dims += [("head_kernel", _choices(self.head_kernel)),
-                 ("deep_supervision", _choices(self.deep_supervision)),
-                 ("ds_heads", _choices(self.ds_heads)),
-                 ("cgm", _choices(self.cgm))]
+        dims += [("head_kernel", choices_of(self.head_kernel)),
+                 ("deep_supervision", choices_of(self.deep_supervision)),
+                 ("ds_heads", choices_of(self.ds_heads)),
+                 ("cgm", choices_of(self.cgm))]
         return dims
 
     def size(self) -> int:
         """Number of distinct points (conditional parameters counted where they apply)."""
         total = 0
-        for d in _choices(self.depth):
+        for d in choices_of(self.depth):
             n = enc = 1
             for name, ch in self.dimensions(d):
                 if name in ("depth", "ds_heads", "backbone"):
                     continue
                 if name == "deep_supervision":
-                    n *= (False in ch) + (True in ch) * len(_choices(self.ds_heads))
+                    n *= (False in ch) + (True in ch) * len(choices_of(self.ds_heads))
                 elif name.startswith("enc_"):
                     enc *= len(ch)
                 else:
@@ -349,7 +349,7 @@ class SearchSpace(_Model):
         encoder block's ``enc_*`` only without a backbone.
         """
         point: dict[str, Any] = {}
-        depth = self._pick(trial, "depth", _choices(self.depth), point)
+        depth = self._pick(trial, "depth", choices_of(self.depth), point)
         for name, ch in self.dimensions(depth):
             if name == "depth" or not self._applies(name, point):
                 continue
@@ -364,7 +364,7 @@ class SearchSpace(_Model):
     def complete(self, point: dict[str, Any]) -> dict[str, Any]:
         """``point`` with the fixed (single-choice) dimensions filled in; unknown keys or values
         outside the choices raise ``SpecError``."""
-        depth = point.get("depth", _choices(self.depth)[0])
+        depth = point.get("depth", choices_of(self.depth)[0])
         out: dict[str, Any] = {}
         dims = dict(self.dimensions(depth))
         dims_all = dict(self.dimensions())
@@ -374,7 +374,7 @@ class SearchSpace(_Model):
                             file=self.source, hint=did_you_mean(unknown[0], dims_all))
         for name, ch in dims.items():
             if name == "ds_heads" and not point.get("deep_supervision",
-                                                    _choices(self.deep_supervision)[0]):
+                                                    choices_of(self.deep_supervision)[0]):
                 continue
             if name.startswith("enc_") and out.get("backbone", NO_BACKBONE) != NO_BACKBONE:
                 continue
@@ -424,7 +424,7 @@ class SearchSpace(_Model):
             if e.rule is not None:
                 item = {"rule": e.rule}
                 if e.to is not None:
-                    item["to"] = _choices(e.to)
+                    item["to"] = choices_of(e.to)
                 for k in ("min_k", "max_k"):
                     if getattr(e, k) is not None:
                         item[k] = getattr(e, k)
@@ -441,15 +441,15 @@ class SearchSpace(_Model):
             data["cgm"] = True
         spec = from_dict(data, source=f"<search space {self.name}>")
         if check:
-            import skipdsl  # late: the graph validator
+            from skipdsl.graph import build_graph
 
-            skipdsl.graph(spec)  # raises SpecError for an invalid network
+            build_graph(spec)  # raises SpecError for an invalid network
         return spec
 
     def _heads(self, p: dict, depth: int, nodes: Any) -> tuple[list[dict], bool]:
         """Main head on x_0_(depth-1); with deep supervision the chosen head set (the heads on
         nodes that exist); CGM variants as in UNet3+ / UNet#."""
-        have = _node_ids(nodes, depth)
+        have = grid_node_ids(nodes, depth)
         main = node_id(0, depth - 1)
         k = int(p["head_kernel"])
         heads = [{"node": main, "kernel": k, "main": True}]
@@ -477,9 +477,9 @@ class SearchSpace(_Model):
 
         Raises ``SpecError`` naming the dimension that has no matching choice.
         """
-        import skipdsl
+        from skipdsl.spec import load
 
-        spec = skipdsl.load(spec)
+        spec = load(spec)
         where = spec.source or spec.name
         depth = spec.depth
 
@@ -490,16 +490,16 @@ class SearchSpace(_Model):
                                 expected=choices, found=value)
             return value
 
-        p: dict[str, Any] = {"depth": need("depth", depth, _choices(self.depth))}
+        p: dict[str, Any] = {"depth": need("depth", depth, choices_of(self.depth))}
         backbone = spec.encoder.backbone or NO_BACKBONE
         if self.backbone is not None or backbone != NO_BACKBONE:
             p["backbone"] = need("backbone", backbone, self.backbone_choices() or [NO_BACKBONE])
         p.update(self._width_point(spec, need))
         nodes = spec.nodes if isinstance(spec.nodes, str) else None
         if nodes is None:  # an explicit list: match a set choice by its nodes
-            want = _node_ids(spec.nodes, depth)
+            want = grid_node_ids(spec.nodes, depth)
             nodes = next((c for c in self.node_choices()
-                          if _node_ids(c if c in ("triangle", "diagonal") else c.split(","),
+                          if grid_node_ids(c if c in ("triangle", "diagonal") else c.split(","),
                                        depth) == want), ",".join(spec.nodes))
         p["nodes"] = need("nodes", nodes, self.node_choices())
         base_block = spec.defaults.block.model_dump()
@@ -509,36 +509,36 @@ class SearchSpace(_Model):
                 continue  # the backbone's stages, not the space's encoder block
             blk = {**base_block, **(cfg.block or {})}
             for k, ch in blk_space.items():
-                p[f"{part}_{k}"] = need(f"{part}_{k}", blk[k], _choices(ch))
+                p[f"{part}_{k}"] = need(f"{part}_{k}", blk[k], choices_of(ch))
         p["decoder_width"] = need("decoder_width",
                                   "concat" if spec.decoder.width == "concat" else "level",
-                                  _choices(self.decoder_width))
+                                  choices_of(self.decoder_width))
         p.update(self._edge_point(spec, need))
         main = spec.main_head
-        p["head_kernel"] = need("head_kernel", main.kernel, _choices(self.head_kernel))
+        p["head_kernel"] = need("head_kernel", main.kernel, choices_of(self.head_kernel))
         active = [main] + ([h for h in spec.heads if h is not main] if spec.deep_supervision else [])
         ds = len(active) > 1
-        p["deep_supervision"] = need("deep_supervision", ds, _choices(self.deep_supervision))
+        p["deep_supervision"] = need("deep_supervision", ds, choices_of(self.deep_supervision))
         if ds:
             got = {h.node for h in active} - {main.node}
-            for kind in _choices(self.ds_heads):
+            for kind in choices_of(self.ds_heads):
                 heads, _ = self._heads({**p, "ds_heads": kind, "cgm": "none"}, depth,
                                        spec.nodes)
                 if {h["node"] for h in heads} - {main.node} == got:
                     p["ds_heads"] = kind
                     break
             else:
-                need("ds_heads", sorted(got), _choices(self.ds_heads))
-        p["cgm"] = need("cgm", _cgm_variant(spec, active), _choices(self.cgm))
+                need("ds_heads", sorted(got), choices_of(self.ds_heads))
+        p["cgm"] = need("cgm", _cgm_variant(spec, active), choices_of(self.cgm))
         return self.complete(p)
 
     def _width_point(self, spec: Spec, need) -> dict[str, Any]:
         want = spec.widths
         w = self.widths
-        for base, growth in itertools.product(_choices(w.base), _choices(w.growth)):
+        for base, growth in itertools.product(choices_of(w.base), choices_of(w.growth)):
             mults = []
             for i, target in enumerate(want):
-                opts = _choices((w.multipliers or [])[i]) if w.multipliers else [1.0]
+                opts = choices_of((w.multipliers or [])[i]) if w.multipliers else [1.0]
                 m = next((m for m in opts
                           if int(round(base * growth**i * m)) == target), None)
                 if m is None:
@@ -595,10 +595,11 @@ class SearchSpace(_Model):
 
 
 def _norm_to(to: Any) -> tuple | None:
-    return None if to is None else tuple(sorted(_choices(to)))
+    return None if to is None else tuple(sorted(choices_of(to)))
 
 
-def _node_ids(nodes: Any, depth: int) -> set[str]:
+def grid_node_ids(nodes: Any, depth: int) -> set[str]:
+    """The node ids of a ``nodes`` choice (``triangle``, ``diagonal`` or a list) at ``depth``."""
     if nodes == "triangle":
         return {node_id(i, j) for i in range(depth) for j in range(depth - i)}
     if nodes == "diagonal":
@@ -650,16 +651,16 @@ def list_spaces() -> list[str]:
 
 def loads_space(text: str, *, source: str | None = None) -> SearchSpace:
     """A space from YAML text; a bad one raises ``SpecError`` with the file and line."""
-    from ..spec import _clean_loc, _line_for, _read_yaml
+    from ..spec import clean_loc, line_for, read_yaml
 
-    data, lines = _read_yaml(text, source)
+    data, lines = read_yaml(text, source)
     if not isinstance(data, dict):
         raise SpecError("a search space must be a YAML mapping", file=source, line=1)
     try:
         space = SearchSpace.model_validate(data)
     except ValidationError as err:
         e = err.errors()[0]
-        loc = _clean_loc(tuple(e["loc"]), data)
+        loc = clean_loc(tuple(e["loc"]), data)
         msg = e["msg"].removeprefix("Value error, ")
         if not loc:  # a check of the whole space names its key first ("depth: ...")
             key, _, rest = msg.partition(": ")
@@ -671,7 +672,7 @@ def loads_space(text: str, *, source: str | None = None) -> SearchSpace:
             hint = did_you_mean(str(e["loc"][-1]), [f.alias or n for n, f in
                                                      SearchSpace.model_fields.items()])
         raise SpecError(f"search space: bad value at {where}: {msg}", file=source,
-                        line=_line_for(loc, lines) if loc else None, hint=hint) from None
+                        line=line_for(loc, lines) if loc else None, hint=hint) from None
     space.source = source
     return space
 

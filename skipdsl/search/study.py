@@ -165,7 +165,7 @@ def open_study(storage, name: str, space: SearchSpace, cfg: SearchConfig, *, sam
     if have is None:  # one write, so a worker starting at the same time sees all or nothing
         study.set_user_attr("search_settings", want)
         return study
-    diff = [k for k in STUDY_KEYS if _plain(have.get(k)) != _plain(want[k])]
+    diff = [k for k in STUDY_KEYS if _as_json(have.get(k)) != _as_json(want[k])]
     if diff:
         detail = "; ".join(f"{k}: study has {have.get(k)!r}, this run {want[k]!r}" for k in diff)
         raise SearchError(f"study '{name}' was created with other settings ({detail})\n  hint: "
@@ -175,7 +175,7 @@ def open_study(storage, name: str, space: SearchSpace, cfg: SearchConfig, *, sam
     return study
 
 
-def _plain(v: Any) -> Any:
+def _as_json(v: Any) -> Any:
     import json
 
     return json.loads(json.dumps(v, sort_keys=True, default=str))
@@ -262,10 +262,10 @@ def _heartbeat_interval(study) -> int | None:
 
 def zoo_points(space: SearchSpace) -> dict[str, dict[str, Any]]:
     """The zoo models that are points of ``space`` (name -> point)."""
-    import skipdsl
+    from skipdsl.spec import zoo_names
 
     out = {}
-    for name in skipdsl.list_models():
+    for name in zoo_names():
         try:
             out[name] = space.point_of(name)
         except SpecError:
@@ -443,3 +443,14 @@ def load_for_report(out: str | Path, storage: str | None = None):
     study = optuna.load_study(storage=make_storage(url, heartbeat=False),
                               study_name=settings["study_name"])
     return study, space, cfg, settings
+
+
+def check_dataset(name: str) -> None:
+    """Refuse a dataset name that is not registered before any trial runs (with the valid
+    names); whether a real dataset's files are there is checked by the trial that loads it."""
+    from skipdsl.data import DATASETS
+
+    if name.split(":")[0] not in DATASETS:
+        from ..errors import did_you_mean
+
+        raise SearchError(f"unknown dataset '{name}'; {did_you_mean(name, DATASETS)}")

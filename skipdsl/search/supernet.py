@@ -47,7 +47,7 @@ from torch import fx, nn
 from ..errors import SpecError
 from ..graph import INPUT, build_graph, factor_direction
 from ..spec import Spec, from_dict, node_id, parse_node, scale_spec
-from .space import OFF, ON, SearchSpace, SupernetSettings, _choices, _node_ids, load_space
+from .space import OFF, ON, SearchSpace, SupernetSettings, choices_of, grid_node_ids, load_space
 
 #: The space's dimensions that a supernet samples (the rest are pinned): the edge candidates
 #: (by their parameter names) and this one.
@@ -90,7 +90,7 @@ def pinned_point(space: SearchSpace) -> dict[str, Any]:
                         + " (edges and nodes are sampled, not pinned)")
     point = {"deep_supervision": False, "cgm": "none"}  # the supernet trains the main head
     point.update({k: v for k, v in settings.fix.items()})
-    depth = point.get("depth", _choices(space.depth)[0])
+    depth = point.get("depth", choices_of(space.depth)[0])
     point["depth"] = depth
     for name, ch in space.dimensions(depth):
         if name not in topo and name not in point and name != "ds_heads":
@@ -123,7 +123,7 @@ def superset_spec(space: SearchSpace, *, in_channels: int | None = None,
     settings = space.supernet or SupernetSettings()
     pins = pinned_point(space)
     depth = int(pins["depth"])
-    union = sorted(set().union(*(_node_ids(c if c in ("triangle", "diagonal") else c.split(","),
+    union = sorted(set().union(*(grid_node_ids(c if c in ("triangle", "diagonal") else c.split(","),
                                            depth) for c in space.node_choices())),
                    key=lambda n: (parse_node(n)[1], parse_node(n)[0]))
     topo = {e.key: ON for e in space.edges}
@@ -178,7 +178,7 @@ class Supernet(nn.Module):
                  in_channels: int | None = None, num_classes: int | None = None,
                  cache: int = 256) -> None:
         super().__init__()
-        import skipdsl
+        from skipdsl.compiler import compile
 
         self.space = load_space(space)
         self.pins = pinned_point(self.space)
@@ -186,7 +186,7 @@ class Supernet(nn.Module):
         self.spec = scale_spec(superset_spec(self.space, in_channels=in_channels,
                                              num_classes=num_classes), width_scale)
         self.width_scale = float(width_scale)
-        self.net = skipdsl.compile(self.spec)
+        self.net = compile(self.spec)
         self.head = self.spec.main_head.node
         self.encoder = [node_id(i, 0) for i in range(self.spec.depth)]
         self._edge_items = {(e["from"], e["to"]): e for e in self.spec.to_dict()["edges"]}
@@ -208,7 +208,7 @@ class Supernet(nn.Module):
         """The sub-network that a topology point gates on (edge keys off/on, plus ``nodes``
         when it is a choice; missing keys are on / the first node set). Raises ``SpecError``
         when the point loses the head or an encoder level."""
-        import skipdsl
+        from skipdsl.graph import spec_hash
 
         choices = self.choices()
         topo = {}
@@ -246,7 +246,7 @@ class Supernet(nn.Module):
         spec = from_dict(data, source=f"<supernet candidate of {self.space.name}>")
         off = tuple(n for n in self.spec_nodes() if n not in live)
         return Candidate(point=topo, spec=spec, edges=frozenset(edges),
-                         nodes=frozenset(nodes), gated_off=off, hash=skipdsl.spec_hash(spec))
+                         nodes=frozenset(nodes), gated_off=off, hash=spec_hash(spec))
 
     def spec_nodes(self) -> list[str]:
         return [n for n in self.net.dag.nodes if n != INPUT]
@@ -327,8 +327,9 @@ class SupernetRun:
     """A trained supernet with the data it trained on (for scoring) and its training curve."""
 
     net: Supernet
-    data: Any  # skipdsl.train.trainer.TrialData
+    data: Any  # skipdsl.train.common.TrialData
     cfg: dict[str, Any]
+    plan: Any = None  # skipdsl.train.common.TrialPlan: what it trained with
     curve: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     steps: int = 0
@@ -345,19 +346,20 @@ def train_supernet(space: "SearchSpace | str | None", config: dict[str, Any], *,
     ``epochs`` is 0)."""
     from ..heads import init_heads
     from ..losses import build_loss
-    from ..train.trainer import (BUDGETS, _device, _seed_everything, fast_path, load_data,
-                                 recipe, resolve_config, train_epoch)
+    from ..train.common import (load_data, pick_device, plan_trial, resolve_config,
+                                seed_everything)
+    from ..train.trainer import fast_path, recipe, train_epoch
 
     sp = load_space(space)
     cfg = resolve_config({**config, "model": f"<supernet of {sp.name}>"})
-    budget = BUDGETS[cfg["budget"]].for_dataset(cfg["dataset"])
+    plan = plan_trial(cfg)  # the budget for this dataset, 2D or 3D
     threads = torch.get_num_threads()
     if cfg["threads"]:
         torch.set_num_threads(int(cfg["threads"]))
     try:
-        gen = _seed_everything(int(cfg["seed"]))
-        device = _device(cfg["device"])
-        data = load_data(cfg, budget)
+        gen = seed_everything(int(cfg["seed"]))
+        device = pick_device(cfg["device"])
+        data = load_data(cfg, plan)
         if data.is3d != (sp.fixed.get("dims", 2) == 3):
             raise SpecError(f"space '{sp.name}' is {sp.fixed.get('dims', 2)}D but dataset "
                             f"'{cfg['dataset']}' is {data.dims}D", file=sp.source)
@@ -368,15 +370,15 @@ def train_supernet(space: "SearchSpace | str | None", config: dict[str, Any], *,
             net.net.load_state_dict(state)
         else:
             init_heads(net.net, data.masks[tr].float().mean())
-        run = SupernetRun(net=net, data=data, cfg=cfg)
-        epochs = int(cfg["epochs"] if cfg["epochs"] is not None else budget.epochs)
+        run = SupernetRun(net=net, data=data, cfg=cfg, plan=plan)
+        epochs = int(cfg["epochs"] if cfg["epochs"] is not None else plan.epochs)  # 0: none
         if epochs == 0:
             return run
         fast = fast_path({**cfg, "fast": "off"}, net.spec, device)
-        bs = max(1, min(int(cfg["batch_size"] or budget.batch_size), len(tr)))
+        bs = max(1, min(int(plan.batch_size), len(tr)))
         steps = max(1, len(tr) // bs)
-        patch = int(cfg["patch"] if cfg["patch"] is not None else budget.patch)
-        loss_fn = build_loss(cfg["loss"] or budget.loss or net.spec.loss or "bce_dice")
+        patch = int(plan.patch)
+        loss_fn = build_loss(plan.loss or net.spec.loss or "bce_dice")
         opt, sched, aug = recipe(net, cfg, epochs * steps)
         rng = random.Random(int(cfg["seed"]))
         net.sampler = lambda: net.sample(rng)
@@ -436,13 +438,12 @@ def inherited_score(run: SupernetRun, cand: Candidate, *, calib_batches: int = 4
     ``calib_batches`` training batches first): ``iou``, ``dice``, ``params`` (of the path =
     of the sub-network compiled alone), ``seconds``."""
     from ..train.metrics import aggregate, case_metrics, count_params
-    from ..train.trainer import BUDGETS, predict
+    from ..train.trainer import predict
 
     t0 = time.perf_counter()
-    data, cfg = run.data, run.cfg
+    data = run.data
     path = run.net.path(cand)
-    budget = BUDGETS[cfg["budget"]].for_dataset(cfg["dataset"])
-    bs = int(cfg["batch_size"] or budget.batch_size)
+    bs = int(run.plan.batch_size)
     tr = torch.from_numpy(data.splits["train"])
     recalibrate_bn(path, data.images[tr], calib_batches, max(bs, 8))
     val = torch.from_numpy(data.splits["val"])
@@ -457,10 +458,10 @@ def zoo_topology(run_or_net: "Supernet | SupernetRun", name: str) -> dict[str, A
     """The topology point of a zoo model's skip edges on the supernet's grid (its rules
     expanded at the supernet's depth, e.g. UNet# at depth 4); ``SpecError`` when the space
     cannot express them."""
-    import skipdsl
+    from skipdsl.spec import load
 
     net = run_or_net.net if isinstance(run_or_net, SupernetRun) else run_or_net
-    zoo = skipdsl.load(name)
+    zoo = load(name)
     depth = net.spec.depth
     data = zoo.to_dict()
     data["grid"] = {"depth": depth, "widths": list(net.spec.widths)}

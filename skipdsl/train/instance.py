@@ -1,14 +1,15 @@
 """Train and evaluate one instance-segmentation trial: Mask R-CNN over a pyramid spec.
 
-``bench run --task instance`` runs :func:`train_and_evaluate_instance` through the same runner
+``bench run --task instance`` runs :func:`run_instance` (through
+:func:`skipdsl.train.trainer.train_and_evaluate`, ``task: instance``) with the same runner
 as the semantic trials (Ray, resume, atomic results, failed trials recorded). The detector is
 ``torchvision.models.detection.MaskRCNN`` whose backbone-with-FPN is a compiled pyramid spec
 (:mod:`skipdsl.detection`); the data are a dataset's instance label maps (``nuclei2d``,
 ``dsb2018``), turned into boxes, labels and masks by :func:`instance_targets`.
 
-Recipe (:data:`INSTANCE_BUDGETS`): AdamW at PyTorch's defaults (lr 1e-3, weight decay 1e-2)
-with a linear warm-up over the first epoch (torchvision's detection reference warms up the same
-way, from 0.001 x lr) and cosine decay to 0; torchvision's SGD recipe (lr 0.02 per 16 images)
+Recipe (:data:`skipdsl.train.common.INSTANCE_BUDGETS`): AdamW at PyTorch's defaults (lr 1e-3,
+weight decay 1e-2) with a linear warm-up over the first epoch (torchvision's detection reference
+warms up the same way, from 0.001 x lr) and cosine decay to 0; torchvision's SGD recipe (lr 0.02 per 16 images)
 is tuned for ImageNet-initialised backbones, and these backbones start from random weights.
 Augmentation: the 8 rot90/flip symmetries and brightness/contrast (skipdsl.train.augment),
 applied to image and instance map together. The epoch with the best validation mask AP50 is
@@ -25,77 +26,17 @@ import copy
 import dataclasses
 import math
 import time
-from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
 from .augment import augment_batch
+from .common import (TrialPlan, augment_config, empty_result, load_data, overlay_samples,
+                     pick_device, plan_trial, seed_everything)
 
-__all__ = ["InstanceBudget", "INSTANCE_BUDGETS", "instance_targets", "mask_ap", "run_instance",
-           "union_masks", "train_and_evaluate_instance", "detector_for"]
-
-
-@dataclass(frozen=True)
-class InstanceBudget:
-    """The instance recipe at one budget.
-
-    ``image_size``: the detector's input size (its transform resizes the 96x96 images to it);
-    ``anchors``: one anchor size per pyramid level (P2..P5, pool) in pixels of the resized
-    image; ``width_scale`` scales the pyramid (FPN's 256 channels) as the semantic budgets
-    scale the decoders (the backbone keeps its channels), and ``roi_width`` (None: the scaled
-    pyramid's channels) sets the RoI heads' width (torchvision: mask head 256, box MLP 1024 =
-    4 x 256). ``proposals``: RPN proposals kept per image before / after NMS in training
-    (torchvision: 2000; the test keeps half). ``rois``: sampled RoIs per image
-    (torchvision: 512).
-    """
-
-    name: str
-    epochs: int
-    n: int | None
-    width_scale: float
-    batch_size: int
-    image_size: int
-    anchors: tuple[int, ...]
-    lr: float = 1e-3
-    weight_decay: float = 1e-2
-    roi_width: int | None = None
-    proposals: int = 2000
-    rois: int = 512
-    samples: int = 4
-
-
-#: ``smoke``: Mask R-CNN with ResNet-34 on 2 CPU cores, two trials side by side in <= 30
-#: minutes, AP50 > 0.3 on nuclei2d. Arithmetic (measured on the shared 2-core machine, 1 torch
-#: thread a trial, batch 4): with the pyramid at x0.25 (64 channels), RoI heads 64 wide (mask
-#: head 4 x 64, box MLP 256), 600 proposals and 64 sampled RoIs per image, a training step
-#: costs ~0.3 s per image at 96x96 and ~0.55 s at 192x192 (the ResNet-34 and the RoI heads
-#: dominate; FPN# and FPN cost alike). At 96x96 the nuclei (6-13 px) cover 2-3 cells of P2
-#: (stride 4): FPN reached val AP50 0.09 after 6 epochs. Resized to 192 they are 12-26 px
-#: (anchors 16..256 on P2..P6; torchvision's 32..512 are for 800-px COCO images and would
-#: match no nucleus at the RPN's IoU 0.7): FPN reached val AP50 0.42 at epoch 3 and 0.67 at
-#: epoch 8 of 12 (test AP50 0.64, AP 0.27, union IoU 0.71; 96 images). So: 192 px, 8 epochs,
-#: 96 images (67 train, 14 val; the 200 test images of nuclei2d): 67 x 8 x 0.55 s ~ 5 min of
-#: training, ~1 min of validation and ~1.5 min of testing per trial on a free core, i.e.
-#: ~8 min for the two trials side by side on 2 quiet cores; the committed run's wall time
-#: (cores shared with other work) is in results/instance-smoke/README.md.
-INSTANCE_BUDGETS: dict[str, InstanceBudget] = {
-    "smoke": InstanceBudget("smoke", epochs=8, n=96, width_scale=0.25, batch_size=4,
-                            image_size=192, anchors=(16, 32, 64, 128, 256), roi_width=64,
-                            proposals=600, rois=64),
-    # the budgets below are defined, not yet measured
-    "quick": InstanceBudget("quick", epochs=16, n=160, width_scale=0.25, batch_size=4,
-                            image_size=192, anchors=(16, 32, 64, 128, 256), roi_width=64,
-                            proposals=600, rois=64),
-    "cpu": InstanceBudget("cpu", epochs=40, n=320, width_scale=0.5, batch_size=4,
-                          image_size=192, anchors=(16, 32, 64, 128, 256), roi_width=128,
-                          proposals=1000, rois=128),
-    "short": InstanceBudget("short", epochs=40, n=None, width_scale=1.0, batch_size=8,
-                            image_size=192, anchors=(16, 32, 64, 128, 256)),
-    "paper": InstanceBudget("paper", epochs=100, n=None, width_scale=1.0, batch_size=8,
-                            image_size=384, anchors=(32, 64, 128, 256, 512)),
-}
+__all__ = ["instance_targets", "mask_ap", "run_instance",
+           "union_masks", "detector_for"]
 
 
 def instance_targets(instances: "np.ndarray | torch.Tensor") -> dict[str, torch.Tensor]:
@@ -147,27 +88,28 @@ def mask_ap(outputs: Sequence[dict[str, torch.Tensor]], targets: Sequence[dict[s
     return {"ap": val("map"), "ap50": val("map_50")}
 
 
-def detector_for(spec: Any, budget: InstanceBudget, in_channels: int,
+def detector_for(spec: Any, plan: TrialPlan, in_channels: int,
                  scale: bool = True) -> torch.nn.Module:
-    """The Mask R-CNN of a pyramid spec at a budget (two classes: background, instance)."""
+    """The Mask R-CNN of a pyramid spec for a trial's plan (its instance budget resolved;
+    two classes: background, instance)."""
     from skipdsl.detection import maskrcnn
     from skipdsl.spec import scale_spec
 
     if scale:
-        spec = scale_spec(spec, budget.width_scale)
-    roi = budget.roi_width or spec.pyramid.channels
-    if budget.anchors and len(budget.anchors) != len(spec.pyramid.nodes) + int(spec.pyramid.pool):
-        raise ValueError(f"the budget has {len(budget.anchors)} anchor sizes but spec "
+        spec = scale_spec(spec, plan.width_scale)
+    roi = plan.roi_width or spec.pyramid.channels
+    if plan.anchors and len(plan.anchors) != len(spec.pyramid.nodes) + int(spec.pyramid.pool):
+        raise ValueError(f"the budget has {len(plan.anchors)} anchor sizes but spec "
                          f"'{spec.name}' has {len(spec.pyramid.nodes) + int(spec.pyramid.pool)} "
                          "pyramid levels")
-    return maskrcnn(spec, 2, in_channels=in_channels, anchor_sizes=budget.anchors,
-                    image_size=budget.image_size, image_mean=[0.0] * in_channels,
+    return maskrcnn(spec, 2, in_channels=in_channels, anchor_sizes=plan.anchors,
+                    image_size=plan.image_size, image_mean=[0.0] * in_channels,
                     image_std=[1.0] * in_channels, roi_width=roi,
-                    rpn_pre_nms_top_n_train=budget.proposals,
-                    rpn_post_nms_top_n_train=budget.proposals,
-                    rpn_pre_nms_top_n_test=max(1, budget.proposals // 2),
-                    rpn_post_nms_top_n_test=max(1, budget.proposals // 2),
-                    box_batch_size_per_image=budget.rois, box_detections_per_img=100)
+                    rpn_pre_nms_top_n_train=plan.proposals,
+                    rpn_post_nms_top_n_train=plan.proposals,
+                    rpn_pre_nms_top_n_test=max(1, plan.proposals // 2),
+                    rpn_post_nms_top_n_test=max(1, plan.proposals // 2),
+                    box_batch_size_per_image=plan.rois, box_detections_per_img=100)
 
 
 @torch.no_grad()
@@ -193,49 +135,29 @@ def model_label(model: Any, spec: Any) -> str:
     return f"{label}_{bb}" if bb and spec.name.endswith(f"_{bb}") else label
 
 
-def train_and_evaluate_instance(config: dict[str, Any],
-                                report: Callable[[int, float], Any] | None = None
-                                ) -> dict[str, Any]:
-    """One instance trial (config keys as :data:`skipdsl.train.trainer.DEFAULTS`, ``task:
-    instance``; ``budget`` names an :data:`INSTANCE_BUDGETS` entry). ``report(epoch, val)``
-    gets the validation mask AP50 after each epoch. Returns the semantic trainer's result
-    dict (``iou``/``dice``: the union masks) plus ``task``, ``ap``, ``ap50``, ``backbone``,
-    ``pyramid_params``."""
-    from .trainer import train_and_evaluate
-
-    return train_and_evaluate({**config, "task": "instance"}, report)
-
-
 def run_instance(cfg: dict[str, Any], report: Callable[[int, float], Any] | None
                  ) -> dict[str, Any]:
     """The trial of a resolved config (``skipdsl.train.trainer.train_and_evaluate`` calls it
     for ``task: instance``, with the torch threads set)."""
-    import skipdsl
+    from skipdsl.graph import spec_hash
     from skipdsl.detection import pyramid_spec
     from skipdsl.train.metrics import aggregate, case_metrics, count_params
 
-    from .trainer import _device, _empty_result, _samples, _seed_everything, augment_config, \
-        load_data
 
-    if cfg["budget"] not in INSTANCE_BUDGETS:
-        raise ValueError(f"unknown instance budget '{cfg['budget']}'; valid: "
-                         f"{', '.join(INSTANCE_BUDGETS)}")
-    budget = INSTANCE_BUDGETS[cfg["budget"]]
-    # command-line overrides (--epochs, --n, --batch-size, --lr; the trainer's lr default,
-    # 1e-3, is AdamW's own)
-    budget = dataclasses.replace(budget, lr=float(cfg["lr"]), **{
-        k: cfg[k] for k in ("epochs", "n", "batch_size") if cfg[k] is not None})
-    result = _empty_result(cfg)
+    # the instance budget with the command line's --epochs, --n, --batch-size and --lr (the
+    # trainer's lr default, 1e-3, is AdamW's own)
+    plan = plan_trial(cfg)
+    result = empty_result(cfg)
     result.update(task="instance", ap=float("nan"), ap50=float("nan"))
-    gen = _seed_everything(int(cfg["seed"]))
-    device = _device(cfg["device"])
+    gen = seed_everything(int(cfg["seed"]))
+    device = pick_device(cfg["device"])
     spec = pyramid_spec(cfg["model"])
     result["model"] = model_label(cfg["model"], spec)
     result["backbone"] = spec.encoder.backbone
-    result["spec_hash"] = skipdsl.spec_hash(spec)
+    result["spec_hash"] = spec_hash(spec)
     result["loss"] = "maskrcnn"
 
-    data = load_data({**cfg, "n": budget.n})  # normalised with the training statistics
+    data = load_data(cfg, plan)  # normalised with the training statistics
     ds, splits, case_ids = data.ds, data.splits, data.case_ids
     if ds.instances is None or data.dims != 2:
         raise ValueError(f"dataset '{cfg['dataset']}' has no 2D instance labels; instance "
@@ -244,11 +166,11 @@ def run_instance(cfg: dict[str, Any], report: Callable[[int, float], Any] | None
     raw_images, images = data.raw_images, data.images
     inst = torch.from_numpy(np.ascontiguousarray(ds.instances)).long()
 
-    model = detector_for(spec, budget, int(ds.in_channels)).to(device)
-    epochs, bs = int(budget.epochs), max(1, min(int(budget.batch_size), len(splits["train"])))
+    model = detector_for(spec, plan, int(ds.in_channels)).to(device)
+    epochs, bs = int(plan.epochs), max(1, min(int(plan.batch_size), len(splits["train"])))
     steps = max(1, len(splits["train"]) // bs)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=budget.lr, weight_decay=budget.weight_decay)
+    opt = torch.optim.AdamW(params, lr=plan.lr, weight_decay=plan.weight_decay)
     warm, total = steps, epochs * steps
 
     def lr_at(step: int) -> float:  # linear warm-up from 0.001 x over one epoch, then cosine
@@ -321,8 +243,8 @@ def run_instance(cfg: dict[str, Any], report: Callable[[int, float], Any] | None
         images_per_s=ips, train_seconds=train_seconds, epochs=len(curve),
         best_epoch=int(best[1]), curve=curve, cases=cases, widths=[body.spec.pyramid.channels],
         dims=2, in_channels=int(ds.in_channels), num_classes=1,
-        recipe=dataclasses.asdict(budget),
-        samples=_samples(raw_images[test_idx], gt, union, test_ids,
-                         int(cfg["samples"] if cfg["samples"] is not None else budget.samples)),
+        recipe=dataclasses.asdict(plan),
+        samples=overlay_samples(raw_images[test_idx], gt, union, test_ids,
+                         int(plan.samples)),
     )
     return result

@@ -2,31 +2,32 @@
 one H100/H200, offline; and its dry run, every stage at toy size on CPU.
 
     bash benchmarks/gpu_suite.sh                    # the GPU machine: wheel bundle, then this
-    bench gpu-suite                                 # the same where the packages are installed
-    bench gpu-suite --dry-run --out runs/gpu-dry    # CPU, toy size, under 3 minutes (CI)
-    bench gpu-suite --only speed-2d-fast --limit speed-2d-fast=300   # one stage again
+    python benchmarks/gpu_suite.py                  # the same where the packages are installed
+    python benchmarks/gpu_suite.py --dry-run --out runs/gpu-dry   # CPU, toy size, < 3 min (CI)
+    python benchmarks/gpu_suite.py --only speed-2d-fast --limit speed-2d-fast=300  # one stage
 
 The stages (:data:`STAGES`, in this order; benchmarks/gpu_suite.sh's header has the budget
 arithmetic, and tests/test_gpu_suite.py checks that it matches these numbers):
 
-- ``speed-2d``: ``bench speed``, the five zoo models, eager fp32, 96x96 batch 128, train and
+- ``speed-2d``: ``benchmarks/speed.py``, the five zoo models, eager fp32, 96x96 batch 128, train and
   infer img/s, peak memory, compiled / hand-written ratios (UNet# first).
 - ``table1``: ``bench run``, the five models x nuclei2d, liver2d x deep supervision off/on, one
   seed, a reduced short budget, on Ray Tune with 0.25 GPU a trial. Beside it, costing no wall
-  time: ``compile-warm`` (``bench speed --compile-only --fast``: torch.compile fills its
+  time: ``compile-warm`` (``benchmarks/speed.py --compile-only --fast``: torch.compile fills its
   on-disk caches with the graphs the fast stages time next) and ``fast-path``
-  (:mod:`skipdsl.bench.fastcheck`: CUDA-graph capture and replay, bf16, compile, all parts, a
+  (``benchmarks/fastcheck.py``: CUDA-graph capture and replay, bf16, compile, all parts, a
   training step and the trainer, each against eager fp32). Neither times anything, and
   Table 1's figures are test IoU, which sharing the GPU does not change.
-- ``speed-2d-fast``: ``bench speed --fast`` (bf16, channels_last, torch.compile, CUDA-graph
+- ``speed-2d-fast``: ``benchmarks/speed.py --fast`` (bf16, channels_last, torch.compile, CUDA-graph
   inference) on the five models, UNet# first.
-- ``memory-2d``: ``bench memory`` (:mod:`skipdsl.bench.memory`), UNet# and UNet 3+ at
+- ``memory-2d``: ``benchmarks/memory.py``, UNet# and UNet 3+ at
   96x96 batch 128, bf16 + channels_last: the peak memory and time of a training step, hand-
   written, compiled and ``recompute="resample"`` (the <= 12 GB target).
 - ``speed-3d``, ``speed-3d-fast``: UNet# (V-Net# widths) at 64^3 batch 4, eager and fast.
-- ``trials-per-hour``: :mod:`skipdsl.bench.trials_per_hour`, 4 UNet# trials one at a time
+- ``trials-per-hour``: ``benchmarks/trials_per_hour.py``, 4 UNet# trials one at a time
   against 4 sharing the GPU (0.25 each), through Ray.
-- ``summary``: ``summary.md``, every figure beside REFERENCE.md section 3 and the targets
+- ``summary``: ``summary.md``, every figure beside the public reference code's H100 figures
+  and the targets
   (UNet# fast >= 1,000 train img/s, >= 8,000 infer img/s, <= 12 GB).
 
 The dry run (toy sizes on CPU, where nothing is timed) runs the same stages in two groups
@@ -66,6 +67,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
+
+#: This folder (benchmarks/): the suite runs its sibling scripts by path.
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # run from a checkout too
 
 __all__ = ["Stage", "STAGES", "TOTAL_S", "DRY_TOTAL_S", "SETUP_S", "SUMMARY_S", "wall_budget",
            "plan", "main"]
@@ -128,7 +133,7 @@ STAGES: tuple[Stage, ...] = (
           "the trainer vs eager fp32", beside="table1"),
     Stage("speed-2d-fast", 75, 40, "bench speed --fast (bf16, channels_last, compile, CUDA "
           "graphs), 5 models, 2D", dry_beside="table1"),
-    Stage("memory-2d", 35, 40, "bench memory: UNet#, UNet 3+ training-step peak GB and time, "
+    Stage("memory-2d", 35, 40, "benchmarks/memory.py: UNet#, UNet 3+ training-step peak GB and time, "
           "hand-written / compiled / recompute=resample, 96x96 batch 128, bf16 + channels_last",
           dry_beside="trials-per-hour"),
     Stage("speed-3d", 15, 45, "bench speed --dims 3, UNet# (V-Net# widths), 64^3 batch 4",
@@ -168,6 +173,10 @@ class Config:
     def bench(self, *args: str) -> list[str]:
         return self.module("skipdsl.bench.cli", *args)
 
+    def script(self, name: str, *args: str) -> list[str]:
+        """A script of this folder (benchmarks/), run by the same Python."""
+        return [self.python, str(HERE / name), *args]
+
     def path(self, name: str) -> str:
         return str(self.out / name)
 
@@ -186,11 +195,13 @@ def _speed(cfg: Config, name: str, *, fast: bool, dims: int = 2,
         shape = (["--size", "96", "--batch", "128"] if dims == 2 else []) + [
             "--iters", "2", "--reps", "3", "--warmup", "3" if fast else "1"]
         fast_args = ["--fast"]
-    args = ["speed", "--device", cfg.device, "--dims", str(dims), "--models", ",".join(models),
+    args = ["--device", cfg.device, "--dims", str(dims), "--models", ",".join(models),
             *shape, *(fast_args if fast else [])]
     if compile_only:
-        return cfg.bench(*args, "--compile-only", "--json", cfg.path(f"{name}.json"))
-    return cfg.bench(*args, "--out", cfg.path(f"{name}.md"), "--json", cfg.path(f"{name}.json"))
+        return cfg.script("speed.py", *args, "--compile-only", "--json",
+                          cfg.path(f"{name}.json"))
+    return cfg.script("speed.py", *args, "--out", cfg.path(f"{name}.md"), "--json",
+                      cfg.path(f"{name}.json"))
 
 
 def _cache(cfg: Config) -> list[str]:
@@ -212,7 +223,7 @@ def table1_command(cfg: Config) -> list[str]:
 
 
 def memory_command(cfg: Config) -> list[str]:
-    """``bench memory``: peak training-step memory of the hand-written, compiled and
+    """``benchmarks/memory.py``: peak training-step memory of the hand-written, compiled and
     ``recompute="resample"`` UNet# (and UNet 3+), bf16 + channels_last (torch.compile's warm-up
     of the recompute graphs would not fit the stage's limit)."""
     if cfg.dry:
@@ -221,8 +232,9 @@ def memory_command(cfg: Config) -> list[str]:
     else:
         shape = ["--models", "unetsharp,unet3p", "--size", "96", "--batch", "128",
                  "--iters", "2", "--reps", "3"]
-    return cfg.bench("memory", "--device", cfg.device, *shape, "--fast", "bf16,channels_last",
-                     "--out", cfg.path("memory_2d.md"), "--json", cfg.path("memory_2d.json"))
+    return cfg.script("memory.py", "--device", cfg.device, *shape, "--fast",
+                      "bf16,channels_last", "--out", cfg.path("memory_2d.md"), "--json",
+                      cfg.path("memory_2d.json"))
 
 
 def plan(cfg: Config) -> dict[str, list[list[str]]]:
@@ -246,14 +258,14 @@ def plan(cfg: Config) -> dict[str, list[list[str]]]:
                    compile_only=True),
             _speed(cfg, "compile_warm_2d_others", fast=True,
                    models=DRY_MODELS["warm"] if cfg.dry else MODELS[1:], compile_only=True)],
-        "fast-path": [cfg.module("skipdsl.bench.fastcheck", "--device", cfg.device,
+        "fast-path": [cfg.script("fastcheck.py", "--device", cfg.device,
                                  *_cache(cfg), "--out", cfg.path("fastpath.md"),
                                  "--json", cfg.path("fastpath.json"))],
         "speed-2d-fast": [_speed(cfg, "speed_2d_fast", fast=True)],
         "memory-2d": [memory_command(cfg)],
         "speed-3d": [_speed(cfg, "speed_3d", fast=False, dims=3, models=["unetsharp"])],
         "speed-3d-fast": [_speed(cfg, "speed_3d_fast", fast=True, dims=3, models=["unetsharp"])],
-        "trials-per-hour": [cfg.module("skipdsl.bench.trials_per_hour", *tph)],
+        "trials-per-hour": [cfg.script("trials_per_hour.py", *tph)],
     }
 
 
@@ -602,7 +614,7 @@ def _table1(out: Path, dry: bool) -> list[str]:
     store_dir = out / "table1"
     if not (store_dir / "trials").is_dir():
         return ["No trial finished."]
-    from . import report, store
+    from skipdsl.bench import report, store
 
     try:
         if not (store_dir / "report.md").exists():  # a cut or --no-report run
@@ -621,7 +633,7 @@ def _table1(out: Path, dry: bool) -> list[str]:
 
 
 def _planned_table1(dry: bool) -> int:
-    from . import runner
+    from skipdsl.bench import runner
 
     return len(runner.plan(table1_models(dry), table1_datasets(dry), seeds=[0],
                            deep_supervision="both"))
@@ -681,7 +693,7 @@ def _memory(out: Path) -> list[str]:
                      + [_n(data["batch"] * 1e3 / ms[k]) for k in kinds]
                      + [f"{r['time_ratio']['recompute']:.2f}",
                         "exact" if r["grad_diff"] == 0 else _n(r["grad_diff"], "{:.1e}")])
-    lines = [f"`bench memory`, batch {data['batch']}, {data['size']}x{data['size']}, fast path "
+    lines = [f"`benchmarks/memory.py`, batch {data['batch']}, {data['size']}x{data['size']}, fast path "
              f"{data['fast']}: peak GB of one training step above what was allocated before "
              "it, train img/s, recompute's step time / the hand-written one's, and "
              "recompute's gradients against compiled's. Target (UNet#, recompute): <= 12 GB at "
@@ -716,7 +728,7 @@ def summary_markdown(out: Path, suite: dict, info: dict[str, str]) -> str:
     lines += ["## Targets: UNet# on the fast path, 2D 96x96 batch 128", "", *_targets(rows), "",
               "## Speed against REFERENCE.md section 3", "",
               "img/s of the compiled skipdsl model, then the hand-written one "
-              "(skipdsl.bench.reference_models) and their ratio (> 1: compiled faster); peak "
+              "(benchmarks/reference_models.py) and their ratio (> 1: compiled faster); peak "
               "GB: memory one train step needs beyond what was allocated before it "
               "(torch.cuda.max_memory_allocated; weights, gradients kept and Adam state not "
               "counted: 0.2 GB for UNet#). REFERENCE.md §3 is the public reference code on an "
@@ -775,8 +787,9 @@ def parse_args(argv: Sequence[str], prog: str) -> argparse.Namespace:
     return a
 
 
-def main(argv: Sequence[str] | None = None, prog: str = "bench gpu-suite") -> int:
-    """CLI entry (``bench gpu-suite``). Exit status 0 when every stage that ran is done."""
+def main(argv: Sequence[str] | None = None, prog: str = "python benchmarks/gpu_suite.py") -> int:
+    """CLI entry (``python benchmarks/gpu_suite.py``; benchmarks/gpu_suite.sh runs it). Exit
+    status 0 when every stage that ran is done."""
     argv = list(sys.argv[1:] if argv is None else argv)
     a = parse_args(argv, prog)
     started = a.started_at or time.time()
@@ -795,7 +808,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "bench gpu-suite") -> in
         signal.signal(sig, _stop_stages)
     suite = run_suite(cfg, only=a.only, limits=a.limits, started_at=started, command=command,
                       total=a.total, scale=a.limit_scale)
-    from .store import atomic_write_text
+    from skipdsl.fileio import atomic_write_text
 
     atomic_write_text(out / "suite.json", json.dumps(suite, indent=1))
     atomic_write_text(out / "summary.md", summary_markdown(out, suite, info))

@@ -2,7 +2,7 @@
 all together, on a small zoo-derived model: CUDA-graph capture and replay, bf16 autocast,
 channels_last, ``torch.compile``, a training step and the trainer with ``fast: on``.
 
-    python -m skipdsl.bench.fastcheck --device cuda --out fastpath.md --json fastpath.json
+    python benchmarks/fastcheck.py --device cuda --out fastpath.md --json fastpath.json
 
 Each check is ok, failed (with what differed) or skipped (with why), and says the largest
 relative output difference it saw (largest |fast - eager| / largest |eager|) against its
@@ -26,13 +26,17 @@ import sys
 import time
 import traceback
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..fast import FastInference, FastPath, _leaves, run_static
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout too
+
+from skipdsl.fast import FastInference, FastPath, run_static, tensor_leaves  # noqa: E402
+from skipdsl.fileio import atomic_write_text  # noqa: E402
 
 __all__ = ["Check", "CHECKS", "run_checks", "main"]
 
@@ -69,10 +73,10 @@ class Context:
 def small_spec(depth: int = 3):
     """The zoo's UNet cut to ``depth`` levels of widths 8, 16, 32, ...: every kind of node and
     edge of the real model, compiled in seconds."""
-    import skipdsl
+    from skipdsl.spec import load
     from skipdsl.spec import from_dict
 
-    data = skipdsl.load("unet").to_dict()
+    data = load("unet").to_dict()
     widths = [8 * 2**i for i in range(depth)]
     data.update(name=f"unet{depth}", grid={"depth": depth, "widths": widths},
                 heads=[{"node": f"x_0_{depth - 1}"}])
@@ -80,10 +84,10 @@ def small_spec(depth: int = 3):
 
 
 def _model(ctx: Context, seed: int = 0) -> nn.Module:
-    import skipdsl
+    from skipdsl.compiler import compile
 
     torch.manual_seed(seed)
-    return skipdsl.compile(small_spec()).to(ctx.device).eval()
+    return compile(small_spec()).to(ctx.device).eval()
 
 
 def _input(ctx: Context, batch: int = BATCH, seed: int = 1) -> torch.Tensor:
@@ -93,7 +97,7 @@ def _input(ctx: Context, batch: int = BATCH, seed: int = 1) -> torch.Tensor:
 
 def rel_diff(out: Any, ref: Any) -> float:
     """Largest |out - ref| / largest |ref| over every tensor of two outputs of one shape."""
-    pairs = list(zip(_leaves(out), _leaves(ref)))
+    pairs = list(zip(tensor_leaves(out), tensor_leaves(ref)))
     if not pairs or any(a.shape != b.shape for a, b in pairs):
         raise Failed(f"outputs differ in structure: {[tuple(a.shape) for a, _ in pairs]} vs "
                      f"{[tuple(b.shape) for _, b in pairs]}")
@@ -141,7 +145,7 @@ class _CPUStandIn:
     def replay(self) -> None:
         with torch.no_grad():
             fresh = self.fn(self.static_in)
-        for dst, src in zip(_leaves(self.static_out), _leaves(fresh)):
+        for dst, src in zip(tensor_leaves(self.static_out), tensor_leaves(fresh)):
             dst.copy_(src)
 
     def __call__(self, x: torch.Tensor) -> Any:
@@ -164,7 +168,7 @@ def _graphed(ctx: Context, model: nn.Module) -> tuple[Callable, Callable[[], int
 
 
 def check_cuda_graphs(ctx: Context) -> tuple[str, float, float]:
-    import skipdsl
+    from skipdsl.compiler import compile
 
     worst: list[float] = []
     model = _model(ctx)
@@ -181,7 +185,7 @@ def check_cuda_graphs(ctx: Context) -> tuple[str, float, float]:
             p.mul_(0.9).add_(0.01)
     _compare("weights changed in place", fn(x), _eager(model, x), FP32_TOL, worst)
     torch.manual_seed(0)
-    ds = skipdsl.compile("unetpp", widths=[4, 8, 16, 32, 64], deep_supervision=True)
+    ds = compile("unetpp", widths=[4, 8, 16, 32, 64], deep_supervision=True)
     ds = ds.to(ctx.device).eval()
     fn_ds, _ = _graphed(ctx, ds)
     out = fn_ds(x)
@@ -349,7 +353,7 @@ def markdown(checks: list[Check], ctx: Context, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: Sequence[str] | None = None, prog: str = "python -m skipdsl.bench.fastcheck") -> int:
+def main(argv: Sequence[str] | None = None, prog: str = "python benchmarks/fastcheck.py") -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
@@ -368,7 +372,6 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m skipdsl.bench
         p.error(f"unknown check(s) {unknown}; valid: {', '.join(CHECKS)}")
     ctx = Context(a.device, a.compile, a.cache_dir)
     command = shlex.join([*shlex.split(prog), *argv])
-    from .store import atomic_write_text
 
     def save(checks: list[Check]) -> None:
         if a.out:
