@@ -237,3 +237,15 @@ def test_mni2d_without_nilearn_says_how_to_get_it(monkeypatch):
         assert "mni2d" not in expand_datasets("all")
     with pytest.raises(DataError, match=r"skipdsl\[anatomy\]"):
         load_dataset("mni2d", cache_dir=False)
+
+
+def test_the_committed_matched_keys_are_unchanged():
+    """The committed equal-size run resumes: re-planning its command finds every finished trial
+    (nuclei2d, complete) under the same keys."""
+    out = Path(__file__).resolve().parents[1] / "results" / "cpu-zoo-matched"
+    if not out.is_dir():
+        pytest.skip("results/cpu-zoo-matched is not in this checkout")
+    trials = runner.plan(ZOO, ["nuclei2d"], seeds=[0, 1, 2], deep_supervision="both",
+                         budget="cpu", size=parse_size("unetsharp"))
+    done = store.finished(out)
+    assert len(trials) == 24 and all(t.key in done for t in trials)
