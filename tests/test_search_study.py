@@ -88,7 +88,9 @@ def test_local_workers_share_the_sqlite_study(tmp_path, monkeypatch):
     assert summary.finished == 8
     ts = _study(out).get_trials()
     assert all(t.state.is_finished() for t in ts)
-    assert 8 <= len(counted_trials(_study(out))) <= 9
+    assert len(counted_trials(_study(out))) == 8
+    surplus = [t for t in ts if t.user_attrs.get("status") == "surplus"]
+    assert all(not t.params for t in surplus)  # stepped aside before sampling
     assert len({t.user_attrs.get("worker") for t in ts} - {None}) == 2
     settings = json.loads((out / "search.json").read_text())
     assert settings["config"]["overrides"]["threads"] >= 1
@@ -292,3 +294,22 @@ def test_cli_run_report_space_and_errors(tmp_path, capsys, monkeypatch):
     assert search_main(["report", str(tmp_path / "empty")]) == 2
     with pytest.raises(SystemExit):
         search_main(["run", "--dataset", "nuclei2d", "--trials", "0", "--out", str(out)])
+
+
+def test_a_trial_started_past_the_count_steps_aside():
+    """Two workers that both saw one trial missing: the higher-numbered trial is surplus."""
+    import optuna
+
+    from skipdsl.search.study import is_surplus
+
+    study = optuna.create_study(storage=optuna.storages.InMemoryStorage())
+    done = study.ask()
+    study.tell(done, 0.5)
+    a, b = study.ask(), study.ask()  # both running, asked by two workers at once
+    assert not is_surplus(a, 2) and is_surplus(b, 2)
+    assert not is_surplus(b, 3)
+    invalid = study.ask()  # an invalid sample (failed, not counted) does not hold a place
+    invalid.set_user_attr("status", "invalid")
+    study.tell(invalid, state=optuna.trial.TrialState.FAIL)
+    c = study.ask()
+    assert is_surplus(c, 3) and not is_surplus(c, 4)

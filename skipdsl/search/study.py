@@ -306,9 +306,27 @@ def _finish(trial, status: str, reason: str = "", **attrs: Any) -> None:
     trial.set_user_attr("status", status)
 
 
+#: The status of a trial that a worker started after other workers' trials had already made
+#: up the requested count: it samples nothing, is not evaluated and is not counted.
+SURPLUS = "surplus"
+
+
+def is_surplus(trial, limit: int) -> bool:
+    """Whether the trials numbered below ``trial`` already make up ``limit`` counted trials.
+
+    Workers check the count before they start a trial, and two of them can both see one trial
+    missing; trial numbers are handed out by the storage one at a time, so deciding by number
+    lets exactly the first ones through and the study never overshoots ``trials``."""
+    before = [t for t in counted_trials(trial.study) if t.number < trial.number]
+    return len(before) >= limit
+
+
 def make_objective(space: SearchSpace, cfg: SearchConfig, *, trainer=None,
-                   log: Callable[[str], None] = lambda s: None):
-    """The Optuna objective: sample, validate, reuse a cached result, or train with pruning."""
+                   log: Callable[[str], None] = lambda s: None, limit: int | None = None):
+    """The Optuna objective: sample, validate, reuse a cached result, or train with pruning.
+
+    With ``limit``, a trial started when the lower-numbered trials already make up ``limit``
+    counted trials steps aside as :data:`SURPLUS` before it samples anything."""
     import optuna
 
     single = len(cfg.objectives) == 1
@@ -316,6 +334,10 @@ def make_objective(space: SearchSpace, cfg: SearchConfig, *, trainer=None,
 
     def objective(trial: "optuna.Trial"):
         t0 = time.perf_counter()
+        if limit is not None and is_surplus(trial, limit):
+            reason = f"{limit} trials were already started by other workers"
+            _finish(trial, SURPLUS, reason)
+            raise TrialFailed(reason)
         point = space.suggest(trial)
         trial.set_user_attr("worker", worker_id())
         try:
@@ -391,7 +413,7 @@ def run_optuna(study, space: SearchSpace, cfg: SearchConfig, trials: int, *, tra
     how many trials (of any outcome) it started."""
     import optuna
 
-    objective = make_objective(space, cfg, trainer=trainer, log=log)
+    objective = make_objective(space, cfg, trainer=trainer, log=log, limit=trials)
     ran = 0
     while True:
         if not missing_trials(study, trials, log):
