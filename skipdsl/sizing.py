@@ -95,6 +95,8 @@ class SizeTarget:
 def _fmt(v: float, kind: str) -> str:
     if kind == "flops":
         return f"{v:.3g}"
+    if v < 1e3:
+        return f"{v:.0f}"
     return f"{v / 1e6:.2f}M" if v >= 1e5 else f"{v / 1e3:.1f}k"
 
 

@@ -140,7 +140,7 @@ def plan(
     if size is not None and (task != "semantic" or extra.get("widths")):
         raise ValueError("--params/--flops scale semantic models' widths; they do not combine "
                          "with --task instance or an explicit widths override")
-    sizer = _Sizer(size, BUDGETS[budget], overrides) if size is not None else None
+    sizer = SizeSolver(size, BUDGETS[budget], overrides) if size is not None else None
     trials: dict[str, Trial] = {}
     seen: dict[str, str] = {}  # spec hash -> the first name given for it
     aliases = {} if aliases is None else aliases
@@ -207,7 +207,7 @@ def _display(model: Any) -> str:
     return p.stem if p.suffix in (".yaml", ".yml") else str(model)
 
 
-class _Sizer:
+class SizeSolver:
     """Solves each (model, dataset)'s width factor for a size target (``bench run --params``)."""
 
     def __init__(self, target: Any, budget: Any, overrides: dict[str, Any]) -> None:

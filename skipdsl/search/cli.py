@@ -4,6 +4,8 @@
         --out DIR [--backend optuna|ray] [--storage URL]
     skipdsl search run --strategy oneshot [--space oneshot4] --dataset NAME --trials N \\
         --top-k K --out DIR    (one supernet ranks N sub-networks; K retrained: .oneshot)
+    skipdsl search run --strategy halving [--space skip5] --dataset NAME --trials N \
+        --budget cpu --out DIR [--params unetsharp]   (TPE + successive halving, equal size)
     skipdsl search report DIR
     skipdsl search space [FILE]
 """
@@ -33,8 +35,12 @@ def add_subparsers(sub) -> None:
                        "pareto.png, report.md under --out",
                        description="Run or resume an architecture search. Re-running the same "
                        "command resumes the study until it holds --trials trials.")
-    r.add_argument("--strategy", default="multitrial", choices=("multitrial", "oneshot"),
-                   help="multitrial (default): every trial trains its network; oneshot: one "
+    r.add_argument("--strategy", default="multitrial",
+                   choices=("multitrial", "halving", "oneshot"),
+                   help="multitrial (default): every trial trains its network; halving: "
+                   "multitrial with the validation IoU as the one objective, every network at "
+                   "one size (--params, default unetsharp), TPE and successive halving "
+                   "(--prune hyperband for Hyperband), space skip5; oneshot: one "
                    "supernet over the space's edges ranks --trials sub-networks by inherited "
                    "weights, then the --top-k best are trained from scratch")
     r.add_argument("--space", default=None,
@@ -64,9 +70,19 @@ def add_subparsers(sub) -> None:
     r.add_argument("--sampler-seed", type=int, default=None,
                    help="sampler seed (default: random, so parallel workers sample differently)")
     r.add_argument("--seed", type=int, default=0, help="training seed of every trial")
-    r.add_argument("--prune", default="median", choices=("median", "none"),
-                   help="prune poor trials on validation IoU (median rule; ASHA with Ray)")
-    r.add_argument("--prune-warmup", type=int, default=2, help="epochs before pruning (2)")
+    r.add_argument("--prune", default=None,
+                   choices=("median", "halving", "hyperband", "none"),
+                   help="prune poor trials on validation IoU: median rule (multitrial's "
+                   "default), Optuna's successive halving (halving's default) or Hyperband; "
+                   "ASHA with Ray")
+    r.add_argument("--reduction-factor", type=int, default=3,
+                   help="halving / hyperband: 1 in this many trials goes on to the next rung (3)")
+    r.add_argument("--params", default=None, metavar="TARGET",
+                   help="scale every candidate to this parameter count before it trains: 670k, "
+                   "0.67M, 670000 or a model name (its count at --budget on --dataset); "
+                   "default with --strategy halving: unetsharp")
+    r.add_argument("--prune-warmup", type=int, default=2,
+                   help="epochs before pruning; halving / hyperband: the first rung (2)")
     r.add_argument("--prune-min-trials", type=int, default=4,
                    help="finished trials before pruning starts (4)")
     r.add_argument("--width-scale", type=float, default=None,
@@ -128,6 +144,30 @@ def add_subparsers(sub) -> None:
                    help="fractional GPUs per trial, e.g. 0.25 (memory capped to that share)")
     r.set_defaults(search_func=_run)
 
+    c = sub.add_parser("proxy-check", help="train N networks of a space stand-alone at one "
+                       "size and measure how well cheap proxies rank them",
+                       description="Train --networks points of SPACE stand-alone (the zoo's "
+                       "first, then uniform random ones), all at one parameter count, and "
+                       "report Kendall's tau, tau in the better half and top-5 overlap of each "
+                       "proxy (early-epoch IoU, size, edges, SynFlow, NASWOT) against their "
+                       "validation and test IoU. Resumable: re-run the same command.")
+    c.add_argument("space", help="space file or shipped name (e.g. skip5)")
+    c.add_argument("--dataset", required=True)
+    c.add_argument("--networks", type=_positive_int, required=True)
+    c.add_argument("--budget", default="cpu", choices=("smoke", "quick", "cpu", "short", "paper"))
+    c.add_argument("--params", default="unetsharp", metavar="TARGET",
+                   help="the one parameter count (default unetsharp: UNet#'s at the budget)")
+    c.add_argument("--out", required=True)
+    c.add_argument("--seed", type=int, default=0, help="training seed (0)")
+    c.add_argument("--sampler-seed", type=int, default=0, help="which random points (0)")
+    c.add_argument("--workers", type=_positive_int, default=None)
+    c.add_argument("--epochs", type=_positive_int, default=None)
+    c.add_argument("--n", type=_positive_int, default=None)
+    c.add_argument("--data-root", default=None)
+    c.add_argument("--trainer", default=DEFAULT_TRAINER)
+    c.add_argument("--no-weights", action="store_true")
+    c.set_defaults(search_func=_proxy_check)
+
     p = sub.add_parser("report", help="rebuild trials.csv, pareto/, pareto.png, report.md of DIR")
     p.add_argument("dir")
     p.add_argument("--storage", default=None,
@@ -149,6 +189,7 @@ def _console():
 def _run(args) -> int:
     from ..fast import normalize
     from .runner import run_search
+    from .study import SearchError
 
     con = _console()
     overrides = {"epochs": args.epochs, "n": args.n, "data_root": args.data_root,
@@ -156,14 +197,24 @@ def _run(args) -> int:
                  "fast": None if args.fast is None else normalize(args.fast)}
     if args.strategy == "oneshot":
         return _run_oneshot(args, overrides, con)
+    if args.strategy == "halving":
+        if args.objectives != "iou,params,latency" and args.objectives != "iou":
+            raise SearchError("--strategy halving optimises the validation IoU alone (size is "
+                              "the --params constraint); leave out --objectives")
+        args.objectives = "iou"
+        args.prune = args.prune or "halving"
+        args.params = args.params or "unetsharp"
+        args.space = args.space or "skip5"
+        args.sampler = "tpe" if args.sampler == "auto" else args.sampler
     summary = run_search(
         dataset=args.dataset, trials=args.trials, out=args.out, space=args.space,
         budget=args.budget, seed=args.seed,
         objectives=[o.strip() for o in args.objectives.split(",") if o.strip()],
         backend=args.backend, storage=args.storage, study_name=args.study,
         sampler=args.sampler, population=args.population, sampler_seed=args.sampler_seed,
-        prune=args.prune, prune_warmup=args.prune_warmup,
-        prune_min_trials=args.prune_min_trials, width_scale=args.width_scale,
+        prune=args.prune or "median", prune_warmup=args.prune_warmup,
+        prune_min_trials=args.prune_min_trials, reduction_factor=args.reduction_factor,
+        params=args.params, width_scale=args.width_scale,
         max_gflops=args.max_gflops,
         zoo=not args.no_zoo, trainer=args.trainer, overrides=overrides,
         latency_size=args.latency_size,
@@ -201,6 +252,25 @@ def _run_oneshot(args, overrides: dict, con) -> int:
     times = ", ".join(f"{k} {v.get('wall_s', 0):.0f} s" for k, v in s.phases.items() if v)
     con.print(f"[green]done[/]: {s.ranked} sub-networks ranked with inherited weights, "
               f"{s.retrained} retrained from scratch ({times}); {s.seconds:.0f} s")
+    return 0
+
+
+def _proxy_check(args) -> int:
+    from .proxy import run_proxy_check
+
+    con = _console()
+    res = run_proxy_check(args.space, dataset=args.dataset, networks=args.networks,
+                          out=args.out, budget=args.budget, params=args.params,
+                          seed=args.seed, sampler_seed=args.sampler_seed, workers=args.workers,
+                          trainer=args.trainer,
+                          overrides={"epochs": args.epochs, "n": args.n,
+                                     "data_root": args.data_root},
+                          weights=not args.no_weights, log=con.print, command=_command())
+    ag = res["agreement"]
+    for _, r in ag[ag["against"] == "iou"].iterrows():
+        con.print(f"{r['proxy']:>15}: tau {r['tau']:+.3f}, top half {r['tau_top_half']:+.3f}, "
+                  f"top-5 {r['top5']:.0f} (n {r['n']})")
+    con.print(f"wrote {args.out}/proxy-check.md and proxies.csv")
     return 0
 
 

@@ -37,6 +37,10 @@ from .space import SearchSpace, scale_spec
 DEFAULT_TRAINER = "skipdsl.train.trainer:train_and_evaluate"
 
 
+#: Pruning rules: the median rule, Optuna's successive halving and Hyperband, or none.
+PRUNERS = ("median", "halving", "hyperband", "none")
+
+
 @dataclass(frozen=True)
 class Objective:
     name: str
@@ -71,14 +75,21 @@ class SearchConfig:
     width_scale: float = 1.0
     trainer: str = DEFAULT_TRAINER
     overrides: dict[str, Any] = field(default_factory=dict)  # trainer config keys
-    prune: str = "median"  # "median" | "none"
-    prune_warmup: int = 2  # epochs before the first pruning decision
+    prune: str = "median"  # "median" | "halving" | "hyperband" | "none" (PRUNERS)
+    prune_warmup: int = 2  # epochs before the first pruning decision (halving: first rung)
+    reduction_factor: int = 3  # halving / hyperband: 1 in this many trials goes up a rung
     prune_min_trials: int = 4  # finished trials needed before pruning starts
     latency_size: int | None = None  # default: 96 (2D) / 64 (3D)
     latency_iters: int = 20
     max_gflops: float | None = None  # networks above it are not trained (status too_costly)
     # where each trained trial's weights go (<dir>/<key>.pt, skipdsl.checkpoint); None: nowhere
     checkpoint_dir: str | None = None
+    # every candidate scaled to this many parameters (skipdsl.sizing.scale_to, +-3%) for
+    # ``size_io`` = (in_channels, num_classes) instead of by ``width_scale``; ``size_label``
+    # is how it was asked for (``unetsharp``, ``670k``)
+    size_target: float | None = None
+    size_label: str | None = None
+    size_io: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         self.objectives = tuple(self.objectives)
@@ -87,8 +98,18 @@ class SearchConfig:
             raise ValueError(f"unknown objective(s) {unknown}; valid: {', '.join(OBJECTIVES)}")
         if len(set(self.objectives)) != len(self.objectives):
             raise ValueError(f"objectives repeat: {self.objectives}")
-        if self.prune not in ("median", "none"):
-            raise ValueError(f"prune must be 'median' or 'none', found {self.prune!r}")
+        if self.prune not in PRUNERS:
+            raise ValueError(f"prune must be one of {', '.join(PRUNERS)}, found {self.prune!r}")
+        if self.prune in ("halving", "hyperband") and self.objectives != ("iou",):
+            raise ValueError(f"--prune {self.prune} ranks trials on one objective, the "
+                             f"validation IoU (found {', '.join(self.objectives)}): use "
+                             "--objectives iou and make size a constraint with --params")
+        if self.reduction_factor < 2:
+            raise ValueError(f"reduction factor must be >= 2, found {self.reduction_factor}")
+        if self.size_target is not None and not self.size_target > 0:
+            raise ValueError(f"size target must be > 0 parameters, found {self.size_target}")
+        if self.size_io is not None:
+            self.size_io = (int(self.size_io[0]), int(self.size_io[1]))
         if not self.width_scale > 0:
             raise ValueError(f"width scale must be > 0, found {self.width_scale}")
 
@@ -120,6 +141,7 @@ class Prepared:
     spec: Spec
     hash: str
     key: str
+    factor: float = 1.0  # the widths of ``spec`` over the nominal ones
 
 
 def prepare(space: SearchSpace, point: dict[str, Any], cfg: SearchConfig,
@@ -130,7 +152,15 @@ def prepare(space: SearchSpace, point: dict[str, Any], cfg: SearchConfig,
     from ..bench.store import trial_key
 
     nominal = space.build(point, name=name)
-    spec = scale_spec(nominal, cfg.width_scale)
+    if cfg.size_target:
+        from skipdsl.sizing import scale_to
+
+        cin, k = cfg.size_io or (nominal.in_channels, nominal.num_classes)
+        scaled = scale_to(nominal, cfg.size_target, kind="params", in_channels=cin,
+                          num_classes=k)  # SpecError (the reachable range) when it cannot
+        spec, factor = scaled.spec, scaled.factor
+    else:
+        spec, factor = scale_spec(nominal, cfg.width_scale), cfg.width_scale
     h = spec_hash(spec)  # expands and validates the scaled graph too
     if cfg.max_gflops and check_cost:
         cost = forward_gflops(spec, cfg)
@@ -143,7 +173,8 @@ def prepare(space: SearchSpace, point: dict[str, Any], cfg: SearchConfig,
     if cfg.trainer != DEFAULT_TRAINER:
         extra["trainer"] = cfg.trainer
     key = trial_key(h, cfg.dataset, cfg.budget, cfg.seed, spec.deep_supervision, extra)
-    return Prepared(point=space.complete(point), nominal=nominal, spec=spec, hash=h, key=key)
+    return Prepared(point=space.complete(point), nominal=nominal, spec=spec, hash=h, key=key,
+                    factor=float(factor))
 
 
 def forward_gflops(spec: Spec, cfg: SearchConfig) -> float:

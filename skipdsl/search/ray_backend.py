@@ -240,9 +240,11 @@ def _run_ray(storage, study_name: str, space: SearchSpace, cfg: SearchConfig, tr
     def scheduler():
         if cfg.prune == "none":
             return FIFOScheduler()
+        # asynchronous successive halving (Li et al., MLSys 2020); hyperband: three brackets
         return ASHAScheduler(time_attr="training_iteration", metric="val_iou", mode="max",
                              max_t=epochs + 1, grace_period=max(1, min(cfg.prune_warmup, epochs)),
-                             reduction_factor=3)
+                             reduction_factor=cfg.reduction_factor,
+                             brackets=3 if cfg.prune == "hyperband" else 1)
 
     if "threads" not in cfg.overrides:
         cfg.overrides["threads"] = max(1, int(math.ceil(cpus_per_trial)))

@@ -23,7 +23,7 @@ from .objective import OBJECTIVES, SearchConfig
 TRIAL_COLUMNS = ["number", "state", "status", "zoo", "hash", "iou", "test_iou", "dice",
                  "params", "params_m", "latency_ms", "gflops", "images_per_s", "epochs",
                  "best_epoch", "train_seconds", "seconds", "cached_from", "reason", "worker",
-                 "key", "curve"]
+                 "key", "curve", "width_scale"]
 
 
 def trials_frame(study, zoo_hashes: dict[str, str] | None = None):
@@ -177,6 +177,31 @@ def _fmt(v: Any, digits: int = 4) -> str:
     return str(v)
 
 
+def throughput(df, cfg: SearchConfig) -> dict[str, float]:
+    """Networks trained (complete, pruned or failed in training; cached ones cost nothing),
+    the epochs they trained and the CPU hours they took: each trial's wall seconds times the
+    torch threads it had."""
+    import json as _json
+
+    trained = df[df["status"].isin(["complete", "pruned", "failed"]) & df["cached_from"].isna()]
+    threads = int(cfg.overrides.get("threads") or 1)
+    cpu_h = float(trained["seconds"].fillna(0).sum()) * threads / 3600
+    epochs = sum(len(_json.loads(c)) for c in trained["curve"].dropna())
+    return {"networks": len(trained), "epochs": epochs, "cpu_hours": cpu_h,
+            "networks_per_cpu_hour": len(trained) / cpu_h if cpu_h else float("nan"),
+            "epochs_per_cpu_hour": epochs / cpu_h if cpu_h else float("nan")}
+
+
+def throughput_line(df, cfg: SearchConfig) -> str:
+    t = throughput(df, cfg)
+    if not t["networks"]:
+        return "no network trained yet"
+    return (f"{t['networks']} networks trained ({t['epochs']} epochs) in {t['cpu_hours']:.2f} "
+            f"CPU hours: {t['networks_per_cpu_hour']:.1f} networks and "
+            f"{t['epochs_per_cpu_hour']:.0f} epochs per CPU hour (trial wall time x torch "
+            "threads)")
+
+
 def markdown_table(df, cols: list[str]) -> str:
     """A markdown table of ``df``'s columns ``cols``, one row per row."""
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -194,13 +219,19 @@ def write_report(out: Path, df, front, paths: list[Path], cfg: SearchConfig,
         f"- command: `{settings.get('command') or 'skipdsl.search.run_search(...)'}`",
         f"- study: `{settings['study_name']}` in `{settings['storage']}`",
         f"- space: `{settings['space']}` ({settings.get('space_size', '?')} points), "
-        f"dataset `{cfg.dataset}`, budget `{cfg.budget}`, seed {cfg.seed}, widths x"
-        f"{cfg.width_scale:g} of the space's",
+        f"dataset `{cfg.dataset}`, budget `{cfg.budget}`, seed {cfg.seed}, " + (
+            f"every network scaled to {cfg.size_label} = {cfg.size_target / 1e6:.3f}M "
+            "parameters (+-3%; `width_scale` per trial)" if cfg.size_target else
+            f"widths x{cfg.width_scale:g} of the space's"),
         f"- objectives: {objs}; sampler {settings.get('sampler', '?')}; backend "
         f"{settings.get('backend', '?')}",
         "- pruning: " + (
             "none" if cfg.prune == "none" else
             ("ASHA (Ray Tune) on the validation IoU" if settings.get("backend") == "ray" else
+             f"Optuna's {'SuccessiveHalvingPruner' if cfg.prune == 'halving' else 'HyperbandPruner'}"
+             f" on the validation IoU after each epoch (first rung at epoch "
+             f"{max(1, cfg.prune_warmup)}, reduction factor {cfg.reduction_factor})"
+             if cfg.prune in ("halving", "hyperband") else
              (f"Optuna MedianPruner on the validation IoU (warm-up {cfg.prune_warmup} epochs, "
               f"{cfg.prune_min_trials} finished trials first)" if cfg.objectives == ("iou",)
               else
@@ -210,6 +241,7 @@ def write_report(out: Path, df, front, paths: list[Path], cfg: SearchConfig,
               f"trial below the median of the finished trials at the same epoch is pruned"))),
         f"- trials: {len(df)} ("
         + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + ")",
+        "- throughput: " + throughput_line(df, cfg),
         "", "Objective `iou` is the best validation IoU over the epochs; `test_iou` is the test "
         "IoU of that epoch's weights (reported, never optimised). `latency_ms`: median of one "
         "forward pass of one image, batch 1, on the trial's device (on CPU: the CPU time of "
@@ -256,9 +288,14 @@ def zoo_hashes(space, cfg: SearchConfig) -> dict[str, str]:
     from .objective import prepare
     from .study import zoo_points
 
+    from skipdsl.errors import SpecError
+
     out = {}
     for name, point in zoo_points(space).items():
-        out[name] = prepare(space, point, cfg, check_cost=False).hash
+        try:
+            out[name] = prepare(space, point, cfg, check_cost=False).hash
+        except SpecError:  # a size target this model cannot reach: it is in no trial
+            continue
     return out
 
 

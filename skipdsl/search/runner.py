@@ -43,6 +43,8 @@ def run_search(
     prune: str = "median",
     prune_warmup: int = 2,
     prune_min_trials: int = 4,
+    reduction_factor: int = 3,
+    params: "str | float | None" = None,
     width_scale: float | None = None,
     max_gflops: float | None = None,
     zoo: bool = True,
@@ -82,6 +84,13 @@ def run_search(
     Small networks train faster as parallel single-threaded trials than as one multi-threaded
     trial, and much faster when other work shares the cores.
 
+    ``params``: scale every candidate to this many parameters before it trains (``670k``,
+    ``0.67M``, a number, or a model name: that model's count at ``budget`` on ``dataset``), with
+    :func:`skipdsl.sizing.scale_to` as ``bench run --params`` does; the validation IoU is then
+    compared at one size. ``prune``: ``median``, ``halving`` (Optuna's successive halving),
+    ``hyperband`` or ``none``; the last two rank on the validation IoU alone, with
+    ``reduction_factor``.
+
     ``heartbeat``: seconds between the heartbeats of a running trial (both backends); a trial
     with none for ``grace`` seconds (default 3 x ``heartbeat``) belongs to a worker that died
     (killed command, lost machine): the next worker or resumed run to look fails it with status
@@ -107,6 +116,7 @@ def run_search(
         raise SearchError(f"unknown budget '{budget}'; valid: {', '.join(BUDGETS)}")
     sp = load_space(space)
     space_budget = sp.budget(budget)  # the space's settings for this budget
+    size = resolve_size(params, dataset, budget, overrides or {}) if params is not None else {}
     cfg = SearchConfig(dataset=dataset, budget=budget, seed=seed, objectives=tuple(objectives),
                        width_scale=float(width_scale or space_budget.width_scale),
                        trainer=_trainer_name(trainer),
@@ -114,6 +124,7 @@ def run_search(
                                   **{k: v for k, v in (overrides or {}).items()
                                      if v is not None}},
                        prune=prune, prune_warmup=prune_warmup, prune_min_trials=prune_min_trials,
+                       reduction_factor=reduction_factor, **size,
                        latency_size=latency_size, latency_iters=latency_iters,
                        max_gflops=(space_budget.max_gflops if max_gflops is None
                                    else max_gflops) or None)
@@ -154,9 +165,11 @@ def run_search(
         if queued:
             log(f"queued the zoo models as the first trials: {', '.join(queued)}")
     before = len(counted_trials(study))
+    sizing = (f"every network at {size['size_label']} = {cfg.size_target / 1e6:.3f}M "
+              f"parameters (+-3%)" if size else f"widths x{cfg.width_scale:g}")
     log(f"study '{name}' in {redact(url)}: {before} of {trials} trials done; space "
-        f"'{sp.name}' ({sp.size()} points), {', '.join(cfg.objectives)}, {kind}, widths "
-        f"x{cfg.width_scale:g}")
+        f"'{sp.name}' ({sp.size()} points), {', '.join(cfg.objectives)}, {kind}, "
+        f"pruning {cfg.prune}, {sizing}")
     if backend == "optuna" and workers > 1:
         ran = _run_workers(workers, sp, cfg, url, name, trials, trainer, kind, population,
                            sampler_seed, log, study, (heartbeat, grace))
@@ -177,6 +190,22 @@ def run_search(
         log(f"wrote {files['trials']}, {files['pareto']}/, {files['png']}, {files['report']}")
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def resolve_size(params: "str | float", dataset: str, budget: str,
+                 overrides: dict[str, Any]) -> dict[str, Any]:
+    """SearchConfig keys for ``--params``: the target count on ``dataset`` (a model name: its
+    count at ``budget``, as ``bench run --params`` resolves it) and the dataset's channels."""
+    from skipdsl.bench.runner import SizeSolver
+    from skipdsl.sizing import parse_size
+    from skipdsl.train.trainer import BUDGETS
+
+    target = parse_size(params, "params")
+    solver = SizeSolver(target, BUDGETS[budget], {k: v for k, v in overrides.items()
+                                                   if v is not None})
+    cin, k, _, _ = solver.dataset(dataset)
+    return {"size_target": solver.value(dataset), "size_label": target.model or f"{target.value:g}",
+            "size_io": (cin, k)}
 
 
 def _has_cuda() -> bool:

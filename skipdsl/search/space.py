@@ -67,6 +67,11 @@ class EdgeCandidate(_Model):
     optional: bool = True
     resample: dict[str, Any] | None = None
     name: str | None = None
+    # ``per_column: true`` on a rule: one choice per decoder column j (the space expands it into
+    # candidates ``edge_<rule>_c<j>`` whose ``column`` is set), so a rule can feed some columns
+    # and not others
+    per_column: bool = False
+    column: int | None = Field(None, ge=1)
 
     @field_validator("rule")
     @classmethod
@@ -86,6 +91,10 @@ class EdgeCandidate(_Model):
     def _one_kind(self) -> "EdgeCandidate":
         if (self.rule is None) == (self.src is None):
             raise ValueError("an edge candidate needs either 'rule' or 'from' + 'to'")
+        if (self.per_column or self.column is not None) and (self.rule is None
+                                                              or self.to is not None):
+            raise ValueError("per_column needs a rule without 'to' (the column picks the "
+                             "targets)")
         if self.src is not None:
             if not isinstance(self.to, str):
                 raise ValueError("an explicit edge candidate needs one node in 'to'")
@@ -103,6 +112,8 @@ class EdgeCandidate(_Model):
             if self.min_k is not None or self.max_k is not None:
                 extra += f"_k{self.min_k if self.min_k is not None else ''}-" \
                          f"{self.max_k if self.max_k is not None else ''}"
+            if self.column is not None:
+                extra += f"_c{self.column}"
             return f"edge_{self.rule}{extra}"
         return f"edge_{self.src}-{self.to}"
 
@@ -183,6 +194,10 @@ class SearchSpace(_Model):
     decoder_width: Union[Literal["level", "concat"], list[Literal["level", "concat"]]] = "level"
     project_kernel: int = Field(3, gt=0)
     edges: list[EdgeCandidate]
+    # drop decoder nodes that get no input or reach no head instead of refusing the point (a
+    # per-column space leaves parts of the triangle unfed); a point that loses the main head or
+    # an encoder level is still invalid
+    trim: bool = False
     head_kernel: int | list[int] = 1
     hierarchical_head_kernel: int = 3
     deep_supervision: bool | list[bool] = False
@@ -241,6 +256,7 @@ class SearchSpace(_Model):
             if v not in CGM_VARIANTS:
                 raise ValueError(f"cgm: unknown variant '{v}'; {did_you_mean(v, CGM_VARIANTS)}")
         self._check_backbone()
+        self._expand_columns()
         for v in choices_of(self.nodes):
             if isinstance(v, str) and v not in ("triangle", "diagonal"):
                 raise ValueError(f"nodes: '{v}' is not a node set; use triangle, diagonal or a "
@@ -258,6 +274,29 @@ class SearchSpace(_Model):
             raise ValueError(f"widths.multipliers has {len(mult)} levels but depth can be "
                              f"{max(depths)}; give one entry (or choice list) per level")
         return self
+
+    def _expand_columns(self) -> None:
+        """Replace each ``per_column`` rule by one candidate per decoder column (1 .. deepest
+        depth - 1) that the rule can feed (``fullscale_up`` needs j >= 2)."""
+        if not any(e.per_column for e in self.edges):
+            return
+        cols = range(1, max(choices_of(self.depth)))
+        out: list[EdgeCandidate] = []
+        for e in self.edges:
+            if not e.per_column:
+                out.append(e)
+                continue
+            first = 2 if e.rule == "fullscale_up" else 1  # no sources in column 1
+            last = cols[-1] - 1 if e.rule == "fullscale_down" else cols[-1]  # x_0_(d-1): none
+            for j in cols:
+                if first <= j <= last:
+                    out.append(e.model_copy(update={"per_column": False, "column": j,
+                                                    "name": f"{e.name}_c{j}" if e.name else None}))
+        self.edges = out
+
+    def edges_at(self, depth: int) -> list[EdgeCandidate]:
+        """The edge candidates that exist at ``depth`` (a column candidate needs its column)."""
+        return [e for e in self.edges if e.column is None or e.column < depth]
 
     def backbone_choices(self) -> list[str]:
         """The backbone dimension's choices (``none`` = the grid's own encoder); ``[]`` when the
@@ -305,7 +344,8 @@ class SearchSpace(_Model):
             for k, v in blk.items():
                 dims.append((f"{part}_{k}", choices_of(v)))
         dims.append(("decoder_width", choices_of(self.decoder_width)))
-        dims += [(e.key, e.values()) for e in self.edges]
+        dims += [(e.key, e.values()) for e in
+                 (self.edges if depth is None else self.edges_at(depth))]
         dims += [("head_kernel", choices_of(self.head_kernel)),
                  ("deep_supervision", choices_of(self.deep_supervision)),
                  ("ds_heads", choices_of(self.ds_heads)),
@@ -416,15 +456,20 @@ class SearchSpace(_Model):
         data["decoder"] = {**({"block": dec} if dec else {}),
                            **({"width": "concat"} if p["decoder_width"] == "concat" else {})}
         edges = []
-        for e in self.edges:
+        have = grid_node_ids(nodes, depth)
+        merged = self._merged_columns(p, depth)
+        for e in self.edges_at(depth):
             v = p[e.key]
-            if v == OFF:
+            if v == OFF or (e.column is not None and merged.get(e.rule, e.column) != e.column):
                 continue
             item: dict[str, Any]
             if e.rule is not None:
                 item = {"rule": e.rule}
                 if e.to is not None:
                     item["to"] = choices_of(e.to)
+                elif e.column is not None and e.rule not in merged:
+                    item["to"] = sorted((n for n in have if parse_node(n)[1] == e.column),
+                                        key=lambda n: parse_node(n))
                 for k in ("min_k", "max_k"):
                     if getattr(e, k) is not None:
                         item[k] = getattr(e, k)
@@ -439,12 +484,70 @@ class SearchSpace(_Model):
         data["heads"], data["deep_supervision"] = self._heads(p, depth, nodes)
         if p["cgm"] != "none":
             data["cgm"] = True
+        if self.trim:
+            data = self._trimmed(data)
         spec = from_dict(data, source=f"<search space {self.name}>")
         if check:
             from skipdsl.graph import build_graph
 
             build_graph(spec)  # raises SpecError for an invalid network
         return spec
+
+    def _merged_columns(self, p: dict, depth: int) -> dict[str, int]:
+        """Rules whose every column candidate is on with the same value: ``{rule: first
+        column}``; the spec then holds the rule once, without ``to`` (as the zoo writes it)."""
+        by_rule: dict[str, list[EdgeCandidate]] = {}
+        for e in self.edges_at(depth):
+            if e.column is not None:
+                by_rule.setdefault(e.rule, []).append(e)
+        out = {}
+        for rule, cands in by_rule.items():
+            vals = {p[e.key] for e in cands}
+            if len(vals) == 1 and OFF not in vals:
+                out[rule] = min(e.column for e in cands)
+        return out
+
+    def _trimmed(self, data: dict[str, Any]) -> dict[str, Any]:
+        """``data`` without the decoder nodes that no input reaches or that reach no head
+        (iterated to a fixed point by reachability); the nodes become an explicit list."""
+        import networkx as nx
+
+        from skipdsl.graph import INPUT, build_graph
+
+        raw = from_dict(data, source=f"<search space {self.name}>")
+        g = build_graph(raw, check=False)
+        heads = [h["node"] for h in data["heads"]]
+        fwd = nx.descendants(g, INPUT)
+        back: set[str] = set()
+        for h in heads:
+            if h in g:
+                back |= nx.ancestors(g, h) | {h}
+        live = {n for n in fwd & back if n != INPUT}
+        dead = [n for n in g.nodes if n != INPUT and n not in live]
+        if not dead:
+            return data
+        main = next(h["node"] for h in data["heads"] if h.get("main"))
+        lost = [n for n in dead if n == main or parse_node(n)[1] == 0]
+        if lost:
+            why = f"no path from the input reaches the main head ({main})" if main in lost \
+                else f"encoder node {lost[0]} reaches no head"
+            raise SpecError(f"the point is not a network: {why}",
+                            node=main if main in lost else lost[0],
+                            file=self.source, hint="open more edges into the decoder")
+        out = dict(data)
+        out["nodes"] = sorted(live, key=lambda n: (parse_node(n)[1], parse_node(n)[0]))
+        items = []
+        for item in data["edges"]:
+            if "to" in item and "rule" in item:
+                to = [t for t in item["to"] if t in live]
+                if not to:
+                    continue
+                item = {**item, "to": to}
+            items.append(item)
+        out["edges"] = items
+        out["heads"] = [h for h in data["heads"] if h["node"] in live]
+        out["deep_supervision"] = bool(data["deep_supervision"] and len(out["heads"]) > 1)
+        return out
 
     def _heads(self, p: dict, depth: int, nodes: Any) -> tuple[list[dict], bool]:
         """Main head on x_0_(depth-1); with deep supervision the chosen head set (the heads on
@@ -557,24 +660,29 @@ class SearchSpace(_Model):
         (and target filter) with the same projection; all other candidates are off."""
         from ..spec import EdgeRule
 
-        point = {e.key: OFF for e in self.edges}
+        edges = self.edges_at(spec.depth)
+        point = {e.key: OFF for e in edges}
         for item in spec.edges:
             if isinstance(item, EdgeRule):
-                match = [e for e in self.edges if e.rule == item.rule
+                match = [e for e in edges if e.rule == item.rule and e.column is None
                          and _norm_to(e.to) == _norm_to(item.to)
                          and (e.min_k, e.max_k) == (item.min_k, item.max_k)]
+                cols = [e for e in edges if e.rule == item.rule and e.column is not None
+                        and (e.min_k, e.max_k) == (item.min_k, item.max_k)]
+                if not match and cols and item.to is None:  # the rule in every column
+                    match = cols
                 label = f"rule {item.rule}"
             else:
                 match = [e for e in self.edges if e.src == item.src and e.to == item.dst]
                 label = f"edge {item.src} -> {item.dst}"
             if not match:
-                need("edges", label, [e.key for e in self.edges])
-            e = match[0]
+                need("edges", label, [e.key for e in edges])
             proj = item.project
-            if proj is not None and proj.kernel != self.project_kernel:
-                need(f"{e.key} projection kernel", proj.kernel, [self.project_kernel])
-            value = ON if proj is None else f"p{proj.channels}"
-            point[e.key] = need(e.key, value, e.values())
+            for e in match if match[0].column is not None else match[:1]:
+                if proj is not None and proj.kernel != self.project_kernel:
+                    need(f"{e.key} projection kernel", proj.kernel, [self.project_kernel])
+                value = ON if proj is None else f"p{proj.channels}"
+                point[e.key] = need(e.key, value, e.values())
         return point
 
     # -- identity -------------------------------------------------------------------------
@@ -584,6 +692,13 @@ class SearchSpace(_Model):
         for key in ("backbone", "supernet"):  # a space without the key keeps its fingerprint
             if data.get(key) is None:
                 data.pop(key, None)
+        if not data.get("trim"):  # keys added later leave older spaces' fingerprints alone
+            data.pop("trim", None)
+        for e in data["edges"]:
+            if not e.get("per_column"):
+                e.pop("per_column", None)
+            if e.get("column") is None:
+                e.pop("column", None)
         blob = json.dumps(data, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -40,7 +40,7 @@ HEARTBEAT_S = 20  # seconds between the heartbeats of a running trial
 GRACE_S = 60  # seconds without one after which its worker is taken for dead
 #: Settings a study is created with; a worker with other values is refused.
 STUDY_KEYS = ("space", "space_fingerprint", "dataset", "budget", "seed", "objectives",
-              "width_scale", "max_gflops", "trainer", "overrides")
+              "width_scale", "max_gflops", "trainer", "overrides", "size_target")
 
 
 class SearchError(ValueError):
@@ -143,6 +143,7 @@ def study_settings(space: SearchSpace, cfg: SearchConfig) -> dict[str, Any]:
             "dataset": cfg.dataset, "budget": cfg.budget, "seed": cfg.seed,
             "objectives": list(cfg.objectives), "width_scale": cfg.width_scale,
             "max_gflops": cfg.max_gflops,
+            "size_target": cfg.size_target,
             "trainer": cfg.trainer,
             "overrides": {k: cfg.overrides[k] for k in RESULT_OVERRIDES
                           if cfg.overrides.get(k) is not None},
@@ -180,6 +181,12 @@ def _as_json(v: Any) -> Any:
 
     return json.loads(json.dumps(v, sort_keys=True, default=str))
 
+
+PRUNER_WORDS = {"median": "Optuna's MedianPruner (below the median of finished trials at "
+                          "that epoch)",
+                "halving": "successive halving (not in the top 1/reduction_factor of its rung)",
+                "hyperband": "Hyperband (not in the top 1/reduction_factor of its bracket's "
+                             "rung)"}
 
 #: Samples recorded but not counted towards ``trials``: they cost no training.
 SKIPPED = ("invalid", "too_costly")
@@ -377,17 +384,18 @@ def make_objective(space: SearchSpace, cfg: SearchConfig, *, trainer=None,
             if optuna_pruner:
                 if trial.should_prune():
                     raise optuna.TrialPruned(
-                        f"pruned at epoch {epoch} by Optuna's MedianPruner (validation IoU "
-                        f"{v:.4f} below the median of finished trials at that epoch)")
+                        f"pruned at epoch {epoch} by {PRUNER_WORDS[cfg.prune]} (validation "
+                        f"IoU {v:.4f})")
                 return
             why = median_rule(trial.study.get_trials(deepcopy=False), epoch, v, cfg)
             if why:
                 raise optuna.TrialPruned(why)
 
+        trial.set_user_attr("width_scale", prep.factor)
         try:
             rec = evaluate(prep, cfg, report=report, trainer=trainer)
         except optuna.TrialPruned as err:
-            _finish(trial, "pruned", str(err), curve=curve)
+            _finish(trial, "pruned", str(err), curve=curve, seconds=time.perf_counter() - t0)
             log(f"trial {trial.number}: [cyan]pruned[/] {err}")
             raise
         rec["seconds"] = time.perf_counter() - t0
@@ -433,7 +441,22 @@ def make_pruner(cfg: SearchConfig):
     if cfg.prune == "median" and cfg.objectives == ("iou",):
         return optuna.pruners.MedianPruner(n_startup_trials=cfg.prune_min_trials,
                                            n_warmup_steps=cfg.prune_warmup)
+    if cfg.prune == "halving":  # Jamieson & Talwalkar 2016; Li et al., ASHA (MLSys 2020)
+        return optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=max(1, cfg.prune_warmup), reduction_factor=cfg.reduction_factor)
+    if cfg.prune == "hyperband":  # Li et al., "Hyperband" (JMLR 2018)
+        return optuna.pruners.HyperbandPruner(
+            min_resource=max(1, cfg.prune_warmup), max_resource=_max_epochs(cfg),
+            reduction_factor=cfg.reduction_factor)
     return optuna.pruners.NopPruner()
+
+
+def _max_epochs(cfg: SearchConfig) -> int:
+    """The epochs a trial of ``cfg`` trains at most (Hyperband's maximum resource)."""
+    from skipdsl.train.common import plan_trial
+
+    return int(cfg.overrides.get("epochs") or plan_trial(
+        {**cfg.overrides, "dataset": cfg.dataset, "budget": cfg.budget}).epochs)
 
 
 def state_counts(study) -> dict[str, int]:
