@@ -94,3 +94,22 @@ def test_a_killed_ray_driver_s_trial_is_failed_as_died_on_resume(tmp_path, monke
     assert len(again) == 1 and again[0].params == hung.params
     assert again[0].state == optuna.trial.TrialState.COMPLETE
     assert again[0].user_attrs["driver"] != hung.user_attrs["driver"]
+
+
+@pytest.mark.slow
+def test_the_equal_size_halving_search_runs_on_ray(tmp_path, monkeypatch):
+    """--strategy halving's settings on Ray Tune: ASHA on the one objective, every network at
+    UNet#'s size, the zoo's points of skip5 first."""
+    monkeypatch.setenv("PYTHONPATH", str(TESTS))
+    out = tmp_path / "ray-halving"
+    s = run_search(dataset="nuclei2d", budget="smoke", out=out, trainer=fake_train,
+                   latency_size=32, latency_iters=2, sampler_seed=0, log=lambda s: None,
+                   space="skip5", objectives=("iou",), prune="halving", params="unetsharp",
+                   trials=6, backend="ray", num_cpus=2, cpus_per_trial=1)
+    assert s.finished == 6
+    df = pd.read_csv(out / "trials.csv")
+    target = json.loads((out / "search.json").read_text())["config"]["size_target"]
+    done = df[df["status"] == "complete"]
+    assert len(done) >= 4 and ((done["params"] / target - 1).abs() <= 0.03).all()
+    assert {"unet", "unetpp", "unet3p", "unetsharp"} <= set(df["zoo"].dropna())
+    assert "ASHA (Ray Tune)" in (out / "report.md").read_text()
