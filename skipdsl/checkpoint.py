@@ -216,7 +216,7 @@ def build_network(spec: Spec, state_dict: dict[str, torch.Tensor] | None = None,
     """The inference network of ``spec`` in eval mode: the main head's logits, or with
     ``prune=L`` those of head ``x_0_L``'s sub-network (shared weights); ``cgm`` overrides the
     spec's (``None`` keeps it); with ``state_dict``, its trained weights (from ``source``)."""
-    from skipdsl.compiler import compile
+    from skipdsl.models import create_model
     from skipdsl import compiler
 
     use_cgm = spec.cgm if cgm is None else bool(cgm)
@@ -234,9 +234,9 @@ def build_network(spec: Spec, state_dict: dict[str, torch.Tensor] | None = None,
                             "supervision (bench run --ds on), or use the whole network "
                             "(no --prune)")
     # a trained backbone's weights are in the checkpoint: its pretrained file is not needed
-    model = compile(spec, deep_supervision=level is not None, cgm=use_cgm,
-                            weights="none" if spec.encoder.backbone and state_dict is not None
-                            else None)
+    model = create_model(spec, deep_supervision=level is not None, cgm=use_cgm,
+                         weights="none" if spec.encoder.backbone and state_dict is not None
+                         else None)
     if state_dict is not None:
         _load_weights(model, state_dict, source, strict=False)
     model.eval()
@@ -359,7 +359,7 @@ def load_checkpoint(path: str | Path, *, spec: "Spec | str | Path | None" = None
     trial filled in are aligned). Raises ``DataError`` (missing, truncated or foreign file) or
     ``SpecError`` (another spec), naming the file.
     """
-    from skipdsl.compiler import compile
+    from skipdsl.models import create_model
     from skipdsl.graph import spec_hash
     from .spec import loads
 
@@ -367,7 +367,7 @@ def load_checkpoint(path: str | Path, *, spec: "Spec | str | Path | None" = None
     data = _read(pt)
     try:
         trained = loads(str(data["spec"]), source=f"{pt} (its spec)")
-        model = compile(trained, weights="none" if trained.encoder.backbone else None)
+        model = create_model(trained, weights="none" if trained.encoder.backbone else None)
     except SpecError as err:
         raise SpecError(f"the spec inside the checkpoint is not valid: {err.message}",
                         file=str(pt), node=err.node, edge=err.edge,

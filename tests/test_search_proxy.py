@@ -44,10 +44,14 @@ def test_zero_cost_proxies_see_the_network():
 def test_proxy_check_on_a_small_study(tmp_path):
     res = run_proxy_check("skip5", dataset="nuclei2d", networks=8, out=tmp_path / "p",
                           budget="smoke", trainer=fake_train, workers=1,
-                          overrides={"epochs": 4}, latency_size=32, latency_iters=2,
-                          log=lambda s: None)
+                          overrides={"epochs": 4, "n": 24}, supernet_epochs=1,
+                          latency_size=32, latency_iters=2, log=lambda s: None)
     table, ag = res["table"], res["agreement"]
     assert len(table) >= 7 and set(PROXIES) <= set(table.columns)
+    # today's (summed) supernet scores the topologies it shares: UNet and UNet# at least
+    inh = table.set_index("zoo")["inherited_iou"]
+    assert inh.loc[["unet", "unetsharp"]].between(0, 1).all()
+    assert "| inherited_iou | iou |" in (tmp_path / "p" / "proxy-check.md").read_text()
     assert {"unet", "unetpp", "unet3p", "unetsharp"} <= set(table["zoo"].dropna())
     # the fake trainer's curve rises to its final value: the epoch-4 IoU ranks as the final
     e4 = ag[(ag["proxy"] == "val_iou_e4") & (ag["against"] == "iou")].iloc[0]

@@ -166,6 +166,9 @@ def add_subparsers(sub) -> None:
     c.add_argument("--data-root", default=None)
     c.add_argument("--trainer", default=DEFAULT_TRAINER)
     c.add_argument("--no-weights", action="store_true")
+    c.add_argument("--supernet-epochs", type=int, default=0,
+                   help="also train the space's one-shot supernet this many epochs and score "
+                   "each network's inherited IoU (0: leave that proxy out)")
     c.set_defaults(search_func=_proxy_check)
 
     p = sub.add_parser("report", help="rebuild trials.csv, pareto/, pareto.png, report.md of DIR")
@@ -265,6 +268,7 @@ def _proxy_check(args) -> int:
                           trainer=args.trainer,
                           overrides={"epochs": args.epochs, "n": args.n,
                                      "data_root": args.data_root},
+                          supernet_epochs=args.supernet_epochs,
                           weights=not args.no_weights, log=con.print, command=_command())
     ag = res["agreement"]
     for _, r in ag[ag["against"] == "iou"].iterrows():

@@ -179,11 +179,11 @@ def prepare(space: SearchSpace, point: dict[str, Any], cfg: SearchConfig,
 
 def forward_gflops(spec: Spec, cfg: SearchConfig) -> float:
     """GFLOPs of one forward pass of one image (main head) at the latency size."""
-    from skipdsl.compiler import compile
+    from skipdsl.models import create_model
     from ..train.metrics import gflops
 
     size = cfg.latency_size or (96 if spec.dims == 2 else 64)
-    model = compile(spec, deep_supervision=False, cgm=False)
+    model = create_model(spec, deep_supervision=False, cgm=False)
     return gflops(model, (spec.in_channels, *([size] * spec.dims)))
 
 
@@ -303,12 +303,12 @@ def measure_latency(spec: Spec, result: dict[str, Any], cfg: SearchConfig) -> fl
     """
     import torch
 
-    from skipdsl.compiler import compile
+    from skipdsl.models import create_model
 
     dims = int(result.get("dims") or spec.dims)
-    model = compile(spec, dims=dims, deep_supervision=False, cgm=False,
-                            in_channels=int(result.get("in_channels") or spec.in_channels),
-                            num_classes=int(result.get("num_classes") or spec.num_classes))
+    model = create_model(spec, dims=dims, deep_supervision=False, cgm=False,
+                         in_channels=int(result.get("in_channels") or spec.in_channels),
+                         num_classes=int(result.get("num_classes") or spec.num_classes))
     dev = torch.device(result.get("device") or "cpu")
     model = model.to(dev).eval()
     size = cfg.latency_size or (96 if dims == 2 else 64)

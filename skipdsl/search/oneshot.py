@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -70,7 +70,61 @@ def default_supernet_epochs(epochs: int) -> int:
     return 3 * epochs
 
 
-def run_oneshot(
+@dataclass
+class OneShotRun:
+    """Everything :func:`run_oneshot` takes (``skipdsl search run --strategy oneshot``'s
+    flags), checked once: ``candidates`` sub-networks ranked with inherited weights, the
+    ``top_k`` best retrained, the supernet's ``supernet_epochs`` and ``calib_batches``, and the
+    settings shared with :class:`~skipdsl.search.runner.SearchRun`."""
+
+    dataset: str
+    candidates: int
+    out: str | Path
+    space: "str | Path | SearchSpace | None" = None
+    budget: str = "smoke"
+    seed: int = 0
+    objectives: Sequence[str] = ("iou", "params", "latency")
+    top_k: int = 4
+    retrain_zoo: bool = True
+    supernet_epochs: int | None = None
+    calib_batches: int = 4
+    population: int = 16
+    sampler_seed: int | None = None
+    width_scale: float | None = None
+    storage: str | None = None
+    study_name: str | None = None
+    zoo: bool = True
+    overrides: dict[str, Any] | None = None
+    latency_size: int | None = None
+    latency_iters: int = 5
+    weights: bool = True
+    command: str | None = None
+    log: Callable[[str], None] | None = None
+
+    def __post_init__(self) -> None:
+        from ..train.common import BUDGETS
+        from .study import SearchError
+
+        if self.candidates < 1:
+            raise SearchError(f"--trials (candidates to rank) must be >= 1, found "
+                              f"{self.candidates}")
+        if self.top_k < 0:
+            raise SearchError(f"--top-k must be >= 0, found {self.top_k}")
+        if self.budget not in BUDGETS:
+            raise SearchError(f"unknown budget '{self.budget}'; valid: {', '.join(BUDGETS)}")
+
+
+def run_oneshot(options: OneShotRun | None = None, /, **kwargs: Any) -> OneShotSummary:
+    """Run (or resume) a one-shot search; see the module doc and :class:`OneShotRun`
+    (``options``; keywords build one, or replace its fields). ``candidates``: sub-networks to
+    score with inherited weights (complete and cached rank trials); ``top_k``: how many of the
+    inherited front to retrain. ``overrides``: trainer config keys (epochs, n, batch_size,
+    threads, device, data_root, ...) for the supernet and the retraining alike."""
+    o = replace(options, **kwargs) if options is not None else OneShotRun(**kwargs)
+    return _run_oneshot(**{f.name: getattr(o, f.name) for f in fields(o)})
+
+
+def _run_oneshot(
     *,
     dataset: str,
     candidates: int,
@@ -96,15 +150,12 @@ def run_oneshot(
     command: str | None = None,
     log: Callable[[str], None] | None = None,
 ) -> OneShotSummary:
-    """Run (or resume) a one-shot search; see the module doc. ``candidates``: sub-networks to
-    score with inherited weights (complete and cached rank trials); ``top_k``: how many of the
-    inherited front to retrain. ``overrides``: trainer config keys (epochs, n, batch_size,
-    threads, device, data_root, ...) for the supernet and the retraining alike."""
+    """The body of :func:`run_oneshot`, with its checked options."""
     import optuna
     import torch
 
     from ..raytools import cpu_count
-    from ..train.common import BUDGETS, plan_trial
+    from ..train.common import plan_trial
     from .study import (SearchError, check_dataset, make_sampler, make_storage, open_study,
                         redact, storage_url)
 
@@ -113,12 +164,6 @@ def run_oneshot(
         from rich.console import Console
 
         log = Console(stderr=True, highlight=False).print
-    if candidates < 1:
-        raise SearchError(f"--trials (candidates to rank) must be >= 1, found {candidates}")
-    if top_k < 0:
-        raise SearchError(f"--top-k must be >= 0, found {top_k}")
-    if budget not in BUDGETS:
-        raise SearchError(f"unknown budget '{budget}'; valid: {', '.join(BUDGETS)}")
     check_dataset(dataset)
     sp = load_space(space or DEFAULT_SPACE)
     space_budget = sp.budget(budget)  # the space's settings for this budget

@@ -23,8 +23,12 @@ Proxies (:data:`PROXIES`):
 - ``naswot``: Mellor et al., "Neural Architecture Search without Training" (ICML 2021): the
   log-determinant of the kernel of binary ReLU codes of a training batch at initialisation.
 
-The one-shot supernet's inherited IoU is not a proxy here yet (the supernet shares weights by
-summing projected inputs, which skip5's concat networks are not points of).
+- ``inherited_iou`` (with ``supernet_epochs``): the validation IoU of the network's topology
+  with the weights of the space's one-shot supernet (:mod:`.supernet`: SPOS training, BatchNorm
+  recalibrated per candidate). Today's supernet shares weights by summing per-edge projections
+  at one set of widths, so it scores the *summed form* of each topology at the budget's widths
+  while the networks themselves concatenate and are scaled to the target size: this measures
+  how well the one predicts the other. A supernet that shares concat weights is not built yet.
 """
 from __future__ import annotations
 
@@ -34,7 +38,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 PROXIES = ("val_iou_e1", "val_iou_e2", "val_iou_e4", "nominal_params", "edges", "synflow",
-           "naswot")
+           "naswot", "inherited_iou")
 TARGETS = ("iou", "test_iou")
 
 
@@ -99,7 +103,7 @@ def score_proxies(space, point: dict[str, Any], spec, curve: list[float], batch,
     per epoch; ``batch``: training images for NASWOT)."""
     import torch
 
-    from skipdsl.compiler import compile as compile_spec
+    from skipdsl.models import create_model
     from skipdsl.sizing import count
 
     out: dict[str, float] = {}
@@ -110,9 +114,34 @@ def score_proxies(space, point: dict[str, Any], spec, curve: list[float], batch,
                                         num_classes=spec.num_classes).params)
     out["edges"] = float(skip_edges(spec))
     torch.manual_seed(seed)
-    net = compile_spec(spec, deep_supervision=False, cgm=False)
+    net = create_model(spec, deep_supervision=False, cgm=False)
     out["synflow"] = synflow(net, tuple(batch.shape[1:]))
     out["naswot"] = naswot(net, batch)
+    return out
+
+
+def inherited_ious(space, points: list[dict[str, Any]], config: dict[str, Any], *,
+                   epochs: int, width_scale: float, calib_batches: int = 4,
+                   log: Callable[[str], None] = lambda s: None) -> list[float]:
+    """Train the space's one-shot supernet for ``epochs`` (trainer ``config``: dataset,
+    budget, seed, ...) and score each point's topology with its weights (NaN for a point that
+    is no network of the supernet: a projection or node choice it does not share)."""
+    from skipdsl.errors import SpecError
+
+    from .space import OFF, ON
+    from .supernet import NODES, inherited_score, train_supernet
+
+    run = train_supernet(space, {**config, "epochs": epochs}, width_scale=width_scale, log=log)
+    dims = run.net.choices()
+    out = []
+    for p in points:
+        topo = {k: (p[k] if k == NODES else (OFF if p.get(k, OFF) == OFF else ON))
+                for k in dims if k in p}
+        try:
+            out.append(float(inherited_score(run, run.net.candidate(topo),
+                                             calib_batches=calib_batches)["iou"]))
+        except SpecError:
+            out.append(float("nan"))
     return out
 
 
@@ -142,10 +171,12 @@ def run_proxy_check(space: str, *, dataset: str, networks: int, out: str | Path,
                     budget: str = "cpu", params: "str | float | None" = "unetsharp",
                     seed: int = 0, sampler_seed: int = 0, workers: int | None = None,
                     trainer: Any = None, overrides: dict[str, Any] | None = None,
-                    log: Callable[[str], None] | None = None, command: str | None = None,
-                    **search: Any) -> dict[str, Any]:
+                    supernet_epochs: int = 0, log: Callable[[str], None] | None = None,
+                    command: str | None = None, **search: Any) -> dict[str, Any]:
     """Train ``networks`` points of ``space`` stand-alone (see the module doc) into ``out`` and
-    write ``out/proxies.csv`` and ``out/proxy-check.md``; returns the agreement table."""
+    write ``out/proxies.csv`` and ``out/proxy-check.md``; returns the agreement table.
+    ``supernet_epochs`` > 0 also trains the space's one-shot supernet that long and scores
+    ``inherited_iou`` (else that proxy is left out)."""
     import pandas as pd
 
     from skipdsl.data import load_dataset
@@ -189,9 +220,15 @@ def run_proxy_check(space: str, *, dataset: str, networks: int, out: str | Path,
         row.update(score_proxies(sp, sp.complete(point), spec, curve, batch, seed=seed))
         rows.append(row)
     table = pd.DataFrame(rows)
+    points = [sp.complete(dict(by_number[n].params)) for n in table.get("number", [])]
+    if supernet_epochs and len(table):
+        table["inherited_iou"] = inherited_ious(
+            sp, points, {**{k: v for k, v in o.items() if v is not None}, "dataset": dataset,
+                         "budget": budget, "seed": seed},
+            epochs=supernet_epochs, width_scale=plan.width_scale, log=log or (lambda s: None))
     table.to_csv(out / "proxies.csv", index=False)
     agree = []
-    for proxy in PROXIES:
+    for proxy in [p for p in PROXIES if p in table.columns]:
         for target in TARGETS:
             if len(table):
                 a = rank_agreement(table[proxy], table[target])
@@ -220,5 +257,6 @@ def write_proxy_report(path: Path, table, ag, summary, *, space: str, dataset: s
         lines.append(markdown_table(ag, ["proxy", "against", "n", "tau", "tau_top_half", "top5"]))
     lines += ["", "## Networks", "",
               markdown_table(table.sort_values("iou", ascending=False),
-                             ["number", "zoo", "iou", "test_iou", "params", *PROXIES]), ""]
+                             ["number", "zoo", "iou", "test_iou", "params",
+                              *[p for p in PROXIES if p in table.columns]]), ""]
     path.write_text("\n".join(lines))

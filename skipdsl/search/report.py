@@ -71,7 +71,7 @@ def pareto_rows(df, cfg: SearchConfig):
 
 def write_pareto(out: Path, front, study, cfg: SearchConfig, study_name: str) -> list[Path]:
     """One spec file per front member; the folder is rewritten (the front moves on resume)."""
-    from skipdsl.compiler import compile
+    from skipdsl.models import create_model
     from skipdsl.spec import from_dict
 
     folder = out / "pareto"
@@ -88,7 +88,7 @@ def write_pareto(out: Path, front, study, cfg: SearchConfig, study_name: str) ->
         data["description"] = (f"Pareto trial {t.number} of study {study_name} ({cfg.dataset}, "
                                f"{cfg.budget}): {objs}")
         spec = from_dict(data)
-        compile(spec)  # every written spec compiles
+        create_model(spec)  # every written spec compiles
         header = [f"# skipdsl search: trial {t.number} of study '{study_name}', on the Pareto "
                   f"front of {', '.join(cfg.objectives)}",
                   f"# {objs}; hash {r['hash']}"

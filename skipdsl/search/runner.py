@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -25,45 +26,83 @@ def _trainer_name(trainer: "str | Callable") -> str:
     return str(trainer)
 
 
-def run_search(
-    *,
-    dataset: str,
-    trials: int,
-    out: str | Path,
-    space: "str | Path | SearchSpace | None" = None,
-    budget: str = "smoke",
-    seed: int = 0,
-    objectives: Sequence[str] = ("iou", "params", "latency"),
-    backend: str = "optuna",
-    storage: str | None = None,
-    study_name: str | None = None,
-    sampler: str = "auto",
-    population: int = 8,
-    sampler_seed: int | None = None,
-    prune: str = "median",
-    prune_warmup: int = 2,
-    prune_min_trials: int = 4,
-    reduction_factor: int = 3,
-    params: "str | float | None" = None,
-    width_scale: float | None = None,
-    max_gflops: float | None = None,
-    zoo: bool = True,
-    trainer: "str | Callable" = DEFAULT_TRAINER,
-    overrides: dict[str, Any] | None = None,
-    latency_size: int | None = None,
-    latency_iters: int = 20,
-    workers: int | None = None,
-    address: str | None = None,
-    cpus_per_trial: float = 1,
-    gpus_per_trial: float = 0,
-    num_cpus: int | None = None,
-    heartbeat: int = HEARTBEAT_S,
-    grace: int | None = None,
-    outputs: bool = True,
-    weights: bool = True,
-    command: str | None = None,
-    log: Callable[[str], None] | None = None,
-) -> SearchSummary:
+@dataclass
+class SearchRun:
+    """Everything :func:`run_search` takes, checked once (``skipdsl search run``'s flags).
+
+    What: ``dataset``, ``trials``, ``out``, ``space``, ``budget``, ``seed``. How:
+    ``objectives``, ``sampler`` (+ ``population``, ``sampler_seed``), ``prune`` (+ warm-up, min
+    trials, ``reduction_factor``), ``params`` (equal size) or ``width_scale``, ``max_gflops``,
+    ``zoo``, ``trainer`` and its ``overrides``, latency settings. Where: ``backend``, ``storage``,
+    ``study_name``, ``workers`` (Optuna), ``address`` / ``cpus_per_trial`` /
+    ``gpus_per_trial`` / ``num_cpus`` (Ray), ``heartbeat``, ``grace``. Output: ``outputs``,
+    ``weights``, ``command``, ``log``.
+    """
+
+    dataset: str
+    trials: int
+    out: str | Path
+    space: "str | Path | SearchSpace | None" = None
+    budget: str = "smoke"
+    seed: int = 0
+    objectives: Sequence[str] = ("iou", "params", "latency")
+    backend: str = "optuna"
+    storage: str | None = None
+    study_name: str | None = None
+    sampler: str = "auto"
+    population: int = 8
+    sampler_seed: int | None = None
+    prune: str = "median"
+    prune_warmup: int = 2
+    prune_min_trials: int = 4
+    reduction_factor: int = 3
+    params: "str | float | None" = None
+    width_scale: float | None = None
+    max_gflops: float | None = None
+    zoo: bool = True
+    trainer: "str | Callable" = DEFAULT_TRAINER
+    overrides: dict[str, Any] | None = None
+    latency_size: int | None = None
+    latency_iters: int = 20
+    workers: int | None = None
+    address: str | None = None
+    cpus_per_trial: float = 1
+    gpus_per_trial: float = 0
+    num_cpus: int | None = None
+    heartbeat: int = HEARTBEAT_S
+    grace: int | None = None
+    outputs: bool = True
+    weights: bool = True
+    command: str | None = None
+    log: Callable[[str], None] | None = None
+
+    def __post_init__(self) -> None:
+        from .objective import PRUNERS
+
+        if self.backend not in BACKENDS:
+            raise SearchError(f"unknown backend '{self.backend}'; valid: {', '.join(BACKENDS)}")
+        if self.backend != "ray" and (self.address or self.gpus_per_trial or self.num_cpus):
+            raise SearchError("--address, --gpus-per-trial and --num-cpus are Ray settings: add "
+                              "--backend ray")
+        if self.backend != "optuna" and self.workers:
+            raise SearchError("--workers is for the optuna backend; with Ray use --num-cpus "
+                              "and --cpus-per-trial")
+        if self.workers is not None and self.workers < 1:
+            raise SearchError(f"--workers must be >= 1, found {self.workers}")
+        if self.trials < 1:
+            raise SearchError(f"--trials must be >= 1, found {self.trials}")
+        if self.prune not in PRUNERS:
+            raise SearchError(f"unknown pruning '{self.prune}'; valid: {', '.join(PRUNERS)}")
+        from skipdsl.train.trainer import BUDGETS
+
+        if self.budget not in BUDGETS:
+            raise SearchError(f"unknown budget '{self.budget}'; valid: {', '.join(BUDGETS)}")
+        self.objectives = tuple(self.objectives)
+        if self.grace is None:
+            self.grace = 3 * self.heartbeat
+
+
+def run_search(options: SearchRun | None = None, /, **kwargs: Any) -> SearchSummary:
     """Search ``space`` (default: the shipped ``default`` space) on ``dataset``.
 
     Opens the study ``study_name`` (default ``skipdsl-<space>-<dataset>-<budget>-s<seed>``) in
@@ -95,95 +134,86 @@ def run_search(
     with none for ``grace`` seconds (default 3 x ``heartbeat``) belongs to a worker that died
     (killed command, lost machine): the next worker or resumed run to look fails it with status
     ``died`` and its reason, runs its point again once, and still reaches ``trials``.
+
+    ``options`` is a :class:`SearchRun`; keywords build one (or replace its fields).
     """
     import optuna
 
+    o = replace(options, **kwargs) if options is not None else SearchRun(**kwargs)
     t0 = time.perf_counter()
+    log = o.log
     if log is None:
         from rich.console import Console
 
         log = Console(stderr=True, highlight=False).print
-    if backend not in BACKENDS:
-        raise SearchError(f"unknown backend '{backend}'; valid: {', '.join(BACKENDS)}")
-    if backend != "ray" and (address or gpus_per_trial or num_cpus):
-        raise SearchError("--address, --gpus-per-trial and --num-cpus are Ray settings: add "
-                          "--backend ray")
-    if trials < 1:
-        raise SearchError(f"--trials must be >= 1, found {trials}")
-    from skipdsl.train.trainer import BUDGETS
-
-    if budget not in BUDGETS:
-        raise SearchError(f"unknown budget '{budget}'; valid: {', '.join(BUDGETS)}")
-    sp = load_space(space)
-    space_budget = sp.budget(budget)  # the space's settings for this budget
-    size = resolve_size(params, dataset, budget, overrides or {}) if params is not None else {}
-    cfg = SearchConfig(dataset=dataset, budget=budget, seed=seed, objectives=tuple(objectives),
-                       width_scale=float(width_scale or space_budget.width_scale),
-                       trainer=_trainer_name(trainer),
+    sp = load_space(o.space)
+    space_budget = sp.budget(o.budget)  # the space's settings for this budget
+    size = (resolve_size(o.params, o.dataset, o.budget, o.overrides or {})
+            if o.params is not None else {})
+    cfg = SearchConfig(dataset=o.dataset, budget=o.budget, seed=o.seed,
+                       objectives=o.objectives,
+                       width_scale=float(o.width_scale or space_budget.width_scale),
+                       trainer=_trainer_name(o.trainer),
                        overrides={**space_budget.overrides(),
-                                  **{k: v for k, v in (overrides or {}).items()
+                                  **{k: v for k, v in (o.overrides or {}).items()
                                      if v is not None}},
-                       prune=prune, prune_warmup=prune_warmup, prune_min_trials=prune_min_trials,
-                       reduction_factor=reduction_factor, **size,
-                       latency_size=latency_size, latency_iters=latency_iters,
-                       max_gflops=(space_budget.max_gflops if max_gflops is None
-                                   else max_gflops) or None)
-    check_dataset(dataset)
-    if backend == "optuna":
-        workers = workers or auto_workers()
-        if workers < 1:
-            raise SearchError(f"--workers must be >= 1, found {workers}")
+                       prune=o.prune, prune_warmup=o.prune_warmup,
+                       prune_min_trials=o.prune_min_trials,
+                       reduction_factor=o.reduction_factor, **size,
+                       latency_size=o.latency_size, latency_iters=o.latency_iters,
+                       max_gflops=(space_budget.max_gflops if o.max_gflops is None
+                                   else o.max_gflops) or None)
+    check_dataset(o.dataset)
+    workers = None
+    if o.backend == "optuna":
+        workers = o.workers or auto_workers()
         if "threads" not in cfg.overrides and not _has_cuda():
             cfg.overrides["threads"] = max(1, cpu_count() // workers)
-    elif workers:
-        raise SearchError("--workers is for the optuna backend; with Ray use --num-cpus and "
-                          "--cpus-per-trial")
-    grace = 3 * heartbeat if grace is None else grace
-    out = Path(out).resolve()
-    cfg.checkpoint_dir = str(out / "checkpoints") if weights else None
-    url = storage_url(out, storage)
-    name = study_name or default_study_name(sp, cfg)
+    out = Path(o.out).resolve()
+    cfg.checkpoint_dir = str(out / "checkpoints") if o.weights else None
+    url = storage_url(out, o.storage)
+    name = o.study_name or default_study_name(sp, cfg)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("optuna").setLevel(logging.WARNING)
-    kind = sampler if sampler != "auto" else ("nsga2" if len(cfg.objectives) > 1 else "tpe")
-    samp = make_sampler(kind, len(cfg.objectives), population=population, seed=sampler_seed)
-    store = make_storage(url, interval=heartbeat, grace=grace)
+    kind = o.sampler if o.sampler != "auto" else ("nsga2" if len(cfg.objectives) > 1 else "tpe")
+    samp = make_sampler(kind, len(cfg.objectives), population=o.population, seed=o.sampler_seed)
+    store = make_storage(url, interval=o.heartbeat, grace=o.grace)
     study = open_study(store, name, sp, cfg, sampler=samp, pruner=make_pruner(cfg))
     settings = {
-        "command": command, "study_name": name, "storage": redact(url),
+        "command": o.command, "study_name": name, "storage": redact(url),
         "storage_url": url if redact(url) == url else None,
         "space": sp.name, "space_file": str(Path(sp.source).resolve())
         if sp.source and Path(sp.source).is_file() else sp.name,
-        "space_size": sp.size(), "sampler": kind, "population": population,
-        "backend": backend, "config": cfg.to_dict(),
-        "heartbeat": {"interval": heartbeat, "grace": grace},
+        "space_size": sp.size(), "sampler": kind, "population": o.population,
+        "backend": o.backend, "config": cfg.to_dict(),
+        "heartbeat": {"interval": o.heartbeat, "grace": o.grace},
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "search.json").write_text(json.dumps(settings, indent=2))
-    if zoo:
+    if o.zoo:
         queued = enqueue_zoo(study, sp)
         if queued:
             log(f"queued the zoo models as the first trials: {', '.join(queued)}")
     before = len(counted_trials(study))
     sizing = (f"every network at {size['size_label']} = {cfg.size_target / 1e6:.3f}M "
               f"parameters (+-3%)" if size else f"widths x{cfg.width_scale:g}")
-    log(f"study '{name}' in {redact(url)}: {before} of {trials} trials done; space "
+    log(f"study '{name}' in {redact(url)}: {before} of {o.trials} trials done; space "
         f"'{sp.name}' ({sp.size()} points), {', '.join(cfg.objectives)}, {kind}, "
         f"pruning {cfg.prune}, {sizing}")
-    if backend == "optuna" and workers > 1:
-        ran = _run_workers(workers, sp, cfg, url, name, trials, trainer, kind, population,
-                           sampler_seed, log, study, (heartbeat, grace))
-    elif backend == "optuna":
-        ran = run_optuna(study, sp, cfg, trials, trainer=trainer, log=log)
+    if o.backend == "optuna" and workers > 1:
+        ran = _run_workers(workers, sp, cfg, url, name, o.trials, o.trainer, kind, o.population,
+                           o.sampler_seed, log, study, (o.heartbeat, o.grace))
+    elif o.backend == "optuna":
+        ran = run_optuna(study, sp, cfg, o.trials, trainer=o.trainer, log=log)
     else:
         from .ray_backend import run_ray
 
-        ran = run_ray(store, name, sp, cfg, trials, sampler=samp, trainer=trainer,
-                      out=out, address=address, cpus_per_trial=cpus_per_trial,
-                      gpus_per_trial=gpus_per_trial, num_cpus=num_cpus, log=log)
+        ran = run_ray(store, name, sp, cfg, o.trials, sampler=samp, trainer=o.trainer,
+                      out=out, address=o.address, cpus_per_trial=o.cpus_per_trial,
+                      gpus_per_trial=o.gpus_per_trial, num_cpus=o.num_cpus, log=log)
     summary = SearchSummary(study_name=name, storage=redact(url), ran=ran,
                             finished=len(counted_trials(study)), states=state_counts(study))
-    if outputs:
+    if o.outputs:
         from .report import write_outputs
 
         files = write_outputs(out, study, sp, cfg, settings)

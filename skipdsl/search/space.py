@@ -484,7 +484,7 @@ class SearchSpace(_Model):
         data["heads"], data["deep_supervision"] = self._heads(p, depth, nodes)
         if p["cgm"] != "none":
             data["cgm"] = True
-        if self.trim:
+        if self.trim and check:  # unchecked (the supernet's raw points): it gates itself
             data = self._trimmed(data)
         spec = from_dict(data, source=f"<search space {self.name}>")
         if check:

@@ -178,7 +178,7 @@ class Supernet(nn.Module):
                  in_channels: int | None = None, num_classes: int | None = None,
                  cache: int = 256) -> None:
         super().__init__()
-        from skipdsl.compiler import compile
+        from skipdsl.models import create_model
 
         self.space = load_space(space)
         self.pins = pinned_point(self.space)
@@ -186,7 +186,7 @@ class Supernet(nn.Module):
         self.spec = scale_spec(superset_spec(self.space, in_channels=in_channels,
                                              num_classes=num_classes), width_scale)
         self.width_scale = float(width_scale)
-        self.net = compile(self.spec)
+        self.net = create_model(self.spec)
         self.head = self.spec.main_head.node
         self.encoder = [node_id(i, 0) for i in range(self.spec.depth)]
         self._edge_items = {(e["from"], e["to"]): e for e in self.spec.to_dict()["edges"]}

@@ -174,7 +174,6 @@ def train_and_evaluate(config: dict[str, Any],
 
 def _train_and_evaluate(cfg: dict[str, Any],
                         report: Callable[[int, float], Any] | None) -> dict[str, Any]:
-    from skipdsl.compiler import compile
     from skipdsl.graph import spec_hash
     from skipdsl.losses import build_loss
     from skipdsl.models import create_model
@@ -303,7 +302,7 @@ def _train_and_evaluate(cfg: dict[str, Any],
     # costs, measured on the inference network (main head only, weights shared)
     infer = model
     if use_ds:
-        infer = compile(model.spec, deep_supervision=False).to(device)
+        infer = create_model(model.spec, deep_supervision=False).to(device)
         if memory_format is not None:
             infer = infer.to(memory_format=memory_format)
         missing, _ = infer.load_state_dict(model.state_dict(), strict=False)
