@@ -136,7 +136,11 @@ def test_halving_search_at_equal_size_is_deterministic_and_prunes(tmp_path):
     rungs = [k for t in study.get_trials() for k in t.system_attrs if k.startswith("completed_rung")]
     assert rungs
     md = (tmp_path / "a" / "report.md").read_text()
-    assert "SuccessiveHalvingPruner" in md
+    assert "SuccessiveHalvingPruner" in md and "## Best networks" in md
+    # one objective: the best three networks are written as specs (the seed study's input)
+    top = sorted((tmp_path / "a" / "pareto").glob("*.yaml"))
+    best = done.sort_values("iou", ascending=False).drop_duplicates("hash").head(3)
+    assert sorted(skipdsl.spec_hash(skipdsl.load(p)) for p in top) == sorted(best["hash"])
     assert "per CPU hour" in md and "unetsharp = " in md
     # the same sampler seed gives the same trials
     run_search(trials=14, out=tmp_path / "b", trainer=fake_train, **HALVING)

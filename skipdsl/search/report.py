@@ -50,13 +50,22 @@ def trials_frame(study, zoo_hashes: dict[str, str] | None = None):
     return pd.DataFrame(rows, columns=TRIAL_COLUMNS + sorted(params))
 
 
+#: With one objective, the written "front" is the best networks, this many (a search's top 3
+#: are what a seed study retrains).
+TOP_SINGLE = 3
+
+
 def pareto_rows(df, cfg: SearchConfig):
-    """The non-dominated complete trials, one per network (lowest trial number kept)."""
+    """The non-dominated complete trials, one per network (lowest trial number kept); with one
+    objective, the :data:`TOP_SINGLE` best networks."""
     import pandas as pd
 
     keys = [(OBJECTIVES[o].key, OBJECTIVES[o].direction == "maximize") for o in cfg.objectives]
     ok = df[(df["state"] == "COMPLETE")].dropna(subset=[k for k, _ in keys])
     ok = ok.sort_values("number").drop_duplicates(subset="hash", keep="first")
+    if len(keys) == 1:  # one objective: the front is one network; keep the runners-up too
+        k, mx = keys[0]
+        return ok.sort_values([k, "number"], ascending=[not mx, True]).head(TOP_SINGLE)
     pts = [[(r[k] if mx else -r[k]) for k, mx in keys] for _, r in ok.iterrows()]
 
     def dominated(i: int) -> bool:
@@ -89,12 +98,17 @@ def write_pareto(out: Path, front, study, cfg: SearchConfig, study_name: str) ->
                                f"{cfg.budget}): {objs}")
         spec = from_dict(data)
         create_model(spec)  # every written spec compiles
-        header = [f"# skipdsl search: trial {t.number} of study '{study_name}', on the Pareto "
-                  f"front of {', '.join(cfg.objectives)}",
+        where = (f"on the Pareto front of {', '.join(cfg.objectives)}"
+                 if len(cfg.objectives) > 1 else
+                 f"among the {TOP_SINGLE} best by {cfg.objectives[0]}")
+        header = [f"# skipdsl search: trial {t.number} of study '{study_name}', {where}",
                   f"# {objs}; hash {r['hash']}"
                   + (f"; zoo model {r['zoo']}" if isinstance(r["zoo"], str) else ""),
-                  f"# dataset {cfg.dataset}, budget {cfg.budget}, seed {cfg.seed}, widths x"
-                  f"{cfg.width_scale:g} of the space's (the widths below are the measured ones)",
+                  f"# dataset {cfg.dataset}, budget {cfg.budget}, seed {cfg.seed}, "
+                  + (f"scaled to {cfg.size_label} = {cfg.size_target:.0f} parameters (factor "
+                     f"{t.user_attrs.get('width_scale', float('nan')):.4g})" if cfg.size_target
+                     else f"widths x{cfg.width_scale:g} of the space's")
+                  + " (the widths below are the measured ones)",
                   "# point: " + json.dumps({k: v for k, v in t.params.items()}, sort_keys=True)]
         p = folder / f"t{t.number:04d}-{str(r['hash'])[:8]}.yaml"
         p.write_text("\n".join(header) + "\n" + spec.to_yaml())
@@ -247,7 +261,8 @@ def write_report(out: Path, df, front, paths: list[Path], cfg: SearchConfig,
         "forward pass of one image, batch 1, on the trial's device (on CPU: the CPU time of "
         "one thread, which parallel workers do not inflate). `cached`: a network already "
         "measured (same canonical hash, dataset, budget, seed), whose result was reused.", "",
-        "## Pareto front", "",
+        "## Pareto front" if len(cfg.objectives) > 1 else
+        f"## Best networks (one objective: the top {TOP_SINGLE}, written to pareto/)", "",
     ]
     if len(front):
         f = front.copy()
