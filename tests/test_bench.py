@@ -330,3 +330,30 @@ def test_longest_first_groups_by_dataset_heaviest_first():
     plain = runner.longest_first(trials, by_cost=False)
     assert [t.key for t in plain] == [t.key for t in trials if t.config["dataset"] == "liver2d"] \
         + [t.key for t in trials if t.config["dataset"] == "nuclei2d"]
+
+
+def test_cli_reuse_copies_finished_trials_with_the_same_key(tmp_path, cache_dir, capsys):
+    """--reuse DIR takes finished trials of another folder instead of training them again:
+    only trials with the same key (network, data, recipe, seed) are taken."""
+    common = ["run", "--backend", "local", "--datasets", "nuclei2d", "--epochs", "1", "--n",
+              "16", "--widths", TINY, "--batch-size", "4", "--cache-dir", cache_dir,
+              "--no-progress", "--no-report", "--ds", "off"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert cli.main([*common, "--models", "unet", "--out", str(a)]) == 0
+    capsys.readouterr()
+    assert cli.main([*common, "--models", "unet,unetpp", "--out", str(b), "--reuse", str(a)]) == 0
+    err = capsys.readouterr().err
+    assert "reused 1 finished trial(s)" in err and "1 ran" in err
+    ra, rb = pd.read_csv(a / "results.csv"), pd.read_csv(b / "results.csv")
+    assert sorted(rb["model"]) == ["unet", "unetpp"]
+    ua, ub = ra.iloc[0], rb[rb["model"] == "unet"].iloc[0]
+    assert ub["iou"] == ua["iou"] and ub["trial_key"] == ua["trial_key"]
+    res = json.loads((b / "trials" / ub["trial_key"] / "result.json").read_text())
+    assert res["reused_from"] == str(a.resolve())
+    # another recipe (2 epochs): other keys, nothing reused
+    c = tmp_path / "c"
+    common2 = [x if x != "1" else "2" for x in common]
+    assert cli.main([*common2, "--models", "unet", "--out", str(c), "--reuse", str(a)]) == 0
+    assert "reused 0 finished trial(s)" in capsys.readouterr().err
+    assert cli.main([*common, "--models", "unet", "--out", str(c), "--reuse",
+                     str(tmp_path / "nope")]) == 2

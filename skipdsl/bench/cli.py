@@ -102,6 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "concatenations instead of storing them (less memory, the same gradients; "
                    "not part of the trial key); default: the specs' recompute, else none")
     r.add_argument("--retry-failed", action="store_true", help="re-run failed trials")
+    r.add_argument("--reuse", action="append", default=[], metavar="DIR",
+                   help="copy finished trials with the same keys from another output folder "
+                   "(same network, data, budget, seed, size and settings) instead of training "
+                   "them again; repeatable")
     r.add_argument("--no-weights", action="store_true",
                    help="keep no model.pt/spec.yaml per trial (saves disk)")
     r.add_argument("--no-report", action="store_true", help="skip report.md and plots")
@@ -214,6 +218,12 @@ def _cmd_run(a: argparse.Namespace) -> int:
     for line in runner.alias_notes(aliases):
         console.print(f"note: {line}", highlight=False)
     runner.record_aliases(out, aliases)
+    if a.reuse:
+        from skipdsl.bench import store
+
+        Path(out).mkdir(parents=True, exist_ok=True)
+        for src, n in store.reuse_trials(out, [t.key for t in trials], a.reuse).items():
+            console.print(f"reused {n} finished trial(s) from {src} (same keys)", highlight=False)
     summary = runner.run_sweep(trials, out, backend=a.backend, address=a.address,
                                cpus_per_trial=a.cpus_per_trial, gpus_per_trial=a.gpus_per_trial,
                                num_cpus=a.num_cpus, retry_failed=a.retry_failed,

@@ -137,6 +137,40 @@ def load_results(out: str | os.PathLike) -> list[dict[str, Any]]:
     return rows
 
 
+def reuse_trials(out: str | os.PathLike, keys: Iterable[str],
+                 sources: Iterable[str | os.PathLike]) -> dict[str, int]:
+    """Copy into ``out`` every finished, ok trial of ``sources`` (other output folders) whose
+    key is one of ``keys`` and that ``out`` lacks: the same key is the same network, dataset,
+    budget definition, seed, deep supervision, size and trainer settings, so the result is the
+    one this sweep would compute. The copy's ``result.json`` gains ``reused_from``. Returns
+    ``{source: trials copied}``; a source that is not an output folder raises
+    ``FileNotFoundError``."""
+    import shutil
+
+    want = set(keys) - set(finished(out))
+    copied: dict[str, int] = {}
+    for src in sources:
+        src = Path(src)
+        if not (src / TRIALS).is_dir():
+            raise FileNotFoundError(f"--reuse {src}: not a bench output folder (no {TRIALS}/)")
+        n = 0
+        for key in sorted(want):
+            r = read_trial(src, key)
+            if r is None or r.get("status", "ok") != "ok":
+                continue
+            dst = trial_dir(out, key)
+            tmp = dst.with_name(dst.name + ".reuse-tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(trial_dir(src, key), tmp)
+            atomic_write_json(tmp / "result.json", {**r, "reused_from": str(src.resolve())})
+            shutil.rmtree(dst, ignore_errors=True)
+            tmp.rename(dst)  # whole or not at all: result.json is in place when it appears
+            want.discard(key)
+            n += 1
+        copied[str(src)] = n
+    return copied
+
+
 def finished(out: str | os.PathLike) -> dict[str, str]:
     """``{trial_key: status}`` of every finished trial."""
     return {r["trial_key"]: r.get("status", "ok") for r in load_results(out) if "trial_key" in r}
