@@ -48,10 +48,11 @@ def test_proxy_check_on_a_small_study(tmp_path):
                           latency_size=32, latency_iters=2, log=lambda s: None)
     table, ag = res["table"], res["agreement"]
     assert len(table) >= 7 and set(PROXIES) <= set(table.columns)
-    # today's (summed) supernet scores the topologies it shares: UNet and UNet# at least
-    inh = table.set_index("zoo")["inherited_iou"]
-    assert inh.loc[["unet", "unetsharp"]].between(0, 1).all()
-    assert "| inherited_iou | iou |" in (tmp_path / "p" / "proxy-check.md").read_text()
+    # both supernets score the zoo's topologies (the concat one contains them)
+    for form in ("sum", "concat"):
+        inh = table.set_index("zoo")[f"inherited_iou_{form}"]
+        assert inh.loc[["unet", "unetpp", "unetsharp"]].between(0, 1).all()
+        assert f"| inherited_iou_{form} | iou |" in (tmp_path / "p" / "proxy-check.md").read_text()
     assert {"unet", "unetpp", "unet3p", "unetsharp"} <= set(table["zoo"].dropna())
     # the fake trainer's curve rises to its final value: the epoch-4 IoU ranks as the final
     e4 = ag[(ag["proxy"] == "val_iou_e4") & (ag["against"] == "iou")].iloc[0]

@@ -181,3 +181,47 @@ def test_oneshot_cli_end_to_end(tmp_path):
     assert (out / "supernet.pt").is_file() and (out / "pareto.png").is_file()
     (out / "report.md").unlink()
     assert search_main(["report", str(out)]) == 0 and (out / "report.md").is_file()
+
+
+def _skip5(supernet: str):
+    from pathlib import Path
+
+    text = (Path(skipdsl.__file__).parent / "spaces" / "skip5.yaml").read_text()
+    return loads_space(text + f"\nsupernet: {supernet}\n", source="skip5+supernet")
+
+
+@pytest.mark.parametrize("model", ["unetsharp", "unetpp", "unet"])
+def test_the_concat_supernet_contains_the_zoo_s_concat_networks(model):
+    """aggregate: concat: an input that is off contributes zeros, so UNet#, UNet++ and UNet (at
+    the supernet's widths) are its candidates, and the path over shared weights computes what the
+    candidate compiled alone with the first convolutions' kept channels computes."""
+    from skipdsl.search.space import active_spec
+
+    sp = _skip5("{aggregate: concat, fix: {dec_repeats: 2}}")
+    sn = Supernet(sp, width_scale=0.125, in_channels=3, num_classes=1).eval()
+    cand = sn.candidate(zoo_topology(sn, model))
+    zoo = active_spec(skipdsl.load(model).replace(deep_supervision=False))
+    zoo = skipdsl.spec.scale_spec(zoo, 0.125)
+    assert cand.hash == skipdsl.spec_hash(zoo)
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        for m in sn.net.modules():  # non-trivial BatchNorm statistics
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 1.5)
+        a, b = sn.path(cand)(x), sn.extract(cand).eval()(x)
+        full = sn.net(x)
+    assert torch.allclose(a, b, atol=1e-5) and not torch.allclose(a, full, atol=1e-3)
+    # a sparser candidate differs: the masks change what the blocks see
+    assert count_params(sn.extract(cand)) < count_params(sn.net)
+
+
+def test_edge_count_sampling_covers_sparse_and_dense_paths():
+    uni = Supernet(_skip5("{aggregate: concat}"), width_scale=0.125)
+    cnt = Supernet(_skip5("{aggregate: concat, sampling: edges}"), width_scale=0.125)
+    rng_a, rng_b = random.Random(0), random.Random(0)
+    a = [len(uni.sample(rng_a).edges) for _ in range(60)]
+    b = [len(cnt.sample(rng_b).edges) for _ in range(60)]
+    spread = lambda v: max(v) - min(v)  # noqa: E731
+    assert spread(b) > spread(a) and min(b) < min(a) and max(b) >= max(a)

@@ -23,12 +23,15 @@ Proxies (:data:`PROXIES`):
 - ``naswot``: Mellor et al., "Neural Architecture Search without Training" (ICML 2021): the
   log-determinant of the kernel of binary ReLU codes of a training batch at initialisation.
 
-- ``inherited_iou`` (with ``supernet_epochs``): the validation IoU of the network's topology
-  with the weights of the space's one-shot supernet (:mod:`.supernet`: SPOS training, BatchNorm
-  recalibrated per candidate). Today's supernet shares weights by summing per-edge projections
-  at one set of widths, so it scores the *summed form* of each topology at the budget's widths
-  while the networks themselves concatenate and are scaled to the target size: this measures
-  how well the one predicts the other. A supernet that shares concat weights is not built yet.
+- ``inherited_iou_sum`` and ``inherited_iou_concat`` (with ``supernet_epochs``): the
+  validation IoU of the network's topology with the weights of a one-shot supernet of the
+  space (:mod:`.supernet`: SPOS training, BatchNorm recalibrated per candidate), in its two
+  forms. ``sum`` (the first one-shot strategy's) projects every edge to a fixed width and sums,
+  so it scores the summed form of each topology; ``concat`` concatenates every candidate input
+  and zeroes the ones that are off, so the zoo's concat networks are its candidates, and it
+  samples the number of open edges uniformly. Both have one set of widths (the budget's),
+  while the networks train scaled to the target size: this measures how well each predicts the
+  stand-alone result.
 """
 from __future__ import annotations
 
@@ -38,7 +41,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 PROXIES = ("val_iou_e1", "val_iou_e2", "val_iou_e4", "nominal_params", "edges", "synflow",
-           "naswot", "inherited_iou")
+           "naswot", "inherited_iou_sum", "inherited_iou_concat")
 TARGETS = ("iou", "test_iou")
 
 
@@ -121,16 +124,21 @@ def score_proxies(space, point: dict[str, Any], spec, curve: list[float], batch,
 
 
 def inherited_ious(space, points: list[dict[str, Any]], config: dict[str, Any], *,
-                   epochs: int, width_scale: float, calib_batches: int = 4,
+                   epochs: int, width_scale: float, aggregate: str = "concat",
+                   calib_batches: int = 4,
                    log: Callable[[str], None] = lambda s: None) -> list[float]:
-    """Train the space's one-shot supernet for ``epochs`` (trainer ``config``: dataset,
-    budget, seed, ...) and score each point's topology with its weights (NaN for a point that
-    is no network of the supernet: a projection or node choice it does not share)."""
+    """Train a one-shot supernet of ``space`` in the form ``aggregate`` (``sum`` or
+    ``concat``; the space's other supernet settings kept) for ``epochs`` (trainer ``config``:
+    dataset, budget, seed, ...) and score each point's topology with its weights (NaN for a
+    point that is no network of the supernet)."""
     from skipdsl.errors import SpecError
 
-    from .space import OFF, ON
+    from .space import OFF, ON, SupernetSettings
     from .supernet import NODES, inherited_score, train_supernet
 
+    base = (space.supernet or SupernetSettings()).model_dump()
+    base.update(aggregate=aggregate, sampling="edges" if aggregate == "concat" else "uniform")
+    space = space.model_copy(update={"supernet": SupernetSettings(**base)})
     run = train_supernet(space, {**config, "epochs": epochs}, width_scale=width_scale, log=log)
     dims = run.net.choices()
     out = []
@@ -221,11 +229,12 @@ def run_proxy_check(space: str, *, dataset: str, networks: int, out: str | Path,
         rows.append(row)
     table = pd.DataFrame(rows)
     points = [sp.complete(dict(by_number[n].params)) for n in table.get("number", [])]
-    if supernet_epochs and len(table):
-        table["inherited_iou"] = inherited_ious(
+    for form in ("sum", "concat") if supernet_epochs and len(table) else ():
+        table[f"inherited_iou_{form}"] = inherited_ious(
             sp, points, {**{k: v for k, v in o.items() if v is not None}, "dataset": dataset,
                          "budget": budget, "seed": seed},
-            epochs=supernet_epochs, width_scale=plan.width_scale, log=log or (lambda s: None))
+            epochs=supernet_epochs, width_scale=plan.width_scale, aggregate=form,
+            log=log or (lambda s: None))
     table.to_csv(out / "proxies.csv", index=False)
     agree = []
     for proxy in [p for p in PROXIES if p in table.columns]:

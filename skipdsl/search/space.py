@@ -152,20 +152,26 @@ class SupernetSettings(_Model):
     """How the one-shot strategy (``search run --strategy oneshot``, :mod:`.supernet`) builds
     the space's supernet: the superset network with every candidate edge and node.
 
-    A sampled sub-network must reuse the superset's weights whatever edges are on, so every
-    edge into a decoder node is projected to a fixed width (``project``: ``level`` = the
-    target level's width, or a channel count; conv ``kernel`` x ``kernel`` + the block's norm
-    and act) and the node sums its inputs (``aggregate: sum``): a node's block sees the same
-    channels with one input or six. The space's own per-edge projection choices do not apply
-    (an edge is off or on). ``fix`` pins the dimensions that are not topology (depth, widths,
+    A sampled sub-network must reuse the superset's weights whatever edges are on. With
+    ``aggregate: sum`` every edge into a decoder node is projected to a fixed width
+    (``project``: ``level`` = the target level's width, or a channel count; conv ``kernel`` x
+    ``kernel`` + the block's norm and act) and the node sums its inputs: a node's block sees
+    the same channels with one input or six. With ``aggregate: concat`` the edges are the
+    space's own (no projection) and a node concatenates every candidate input; an input that
+    is off contributes zeros, which is the same as a first convolution over the present
+    inputs' channels alone, so concat networks such as UNet# and UNet++ are points of the
+    supernet. The space's own per-edge projection choices do not apply (an edge is off or on). ``fix`` pins the dimensions that are not topology (depth, widths,
     blocks, head kernel, ...: one supernet has one of each) to a value; those not named take
     their first choice. The supernet trains the main head only (no deep supervision or CGM).
     """
 
-    aggregate: Literal["sum"] = "sum"
+    aggregate: Literal["sum", "concat"] = "sum"
     project: Union[int, Literal["level"]] = "level"
     kernel: int = Field(1, gt=0)
     fix: dict[str, Any] = Field(default_factory=dict)
+    # uniform: each edge on with probability 1/2; edges: the number of open edges uniform over
+    # 1..all, then that many edges at random (sparse paths such as UNet's get trained too)
+    sampling: Literal["uniform", "edges"] = "uniform"
 
     @field_validator("project")
     @classmethod

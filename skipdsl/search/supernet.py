@@ -38,6 +38,7 @@ import random
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Callable
 
 import networkx as nx
@@ -135,12 +136,14 @@ def superset_spec(space: SearchSpace, *, in_channels: int | None = None,
     g = build_graph(raw)  # validated: the superset is a network
     widths = raw.widths
     edges = []
+    concat = settings.aggregate == "concat"
     for u, v, d in sorted(g.edges(data=True), key=lambda e: (e[1], e[0])):
         if d["kind"] in FIXED_KINDS:
             continue
         ch = widths[g.nodes[v]["level"]] if settings.project == "level" else settings.project
-        item: dict[str, Any] = {"from": u, "to": v,
-                                "project": {"channels": int(ch), "kernel": settings.kernel}}
+        item: dict[str, Any] = {"from": u, "to": v}
+        if not concat:  # sum: a fixed width per edge; concat: the edge as the space has it
+            item["project"] = {"channels": int(ch), "kernel": settings.kernel}
         rs: dict[str, Any] = {}
         if d["op"] != "identity":
             rs["up" if factor_direction(d["factor"]) > 0 else "down"] = d["op"]
@@ -153,7 +156,8 @@ def superset_spec(space: SearchSpace, *, in_channels: int | None = None,
         edges.append(item)
     data = raw.to_dict()
     data.update(description=f"supernet of search space '{space.name}': every candidate edge, "
-                f"projected to a fixed width and summed", nodes=union, edges=edges)
+                + ("concatenated (an edge that is off contributes zeros)" if concat else
+                   "projected to a fixed width and summed"), nodes=union, edges=edges)
     data["grid"]["widths"] = list(widths)
     data["decoder"] = {**data.get("decoder", {}), "aggregate": settings.aggregate}
     data["decoder"].pop("width", None)  # 'concat' of one projection = the level's width
@@ -194,6 +198,38 @@ class Supernet(nn.Module):
         self.__dict__["_cache"] = int(cache)
         self.active: Candidate | None = None
         self.sampler: Callable[[], Candidate] | None = None
+        self.settings = self.space.supernet or SupernetSettings()
+        self.concat = self.settings.aggregate == "concat"
+        self.__dict__["_mask"] = None  # concat: the active path's edge set
+        if self.concat:
+            self._layout = self._concat_layout()
+            for v in self._layout:
+                getattr(self.net, v).register_forward_pre_hook(partial(self._mask_inputs, v))
+
+    def _concat_layout(self) -> dict[str, list[tuple[tuple[str, str], int]]]:
+        """Per decoder node, its inputs in concat order with their channel counts."""
+        dag = self.net.dag
+        out = {}
+        for v in dag.nodes:
+            if v == INPUT or dag.nodes[v]["kind"] != "decoder":
+                continue
+            ins = sorted(dag.in_edges(v, data=True), key=lambda e: e[2]["order"])
+            out[v] = [((u, v), int(d["channels"])) for u, _, d in ins]
+        return out
+
+    def _mask_inputs(self, v: str, module: nn.Module, args: tuple) -> tuple | None:
+        """Forward pre-hook of a decoder node's block: zero the channels of the inputs that
+        the active path leaves out (concat supernet)."""
+        edges = self.__dict__["_mask"]
+        if edges is None:
+            return None
+        (x,) = args
+        keep = [e in edges for e, _ in self._layout[v]]
+        if all(keep):
+            return None
+        mask = torch.cat([torch.full((c,), float(k), device=x.device, dtype=x.dtype)
+                          for k, (_, c) in zip(keep, self._layout[v])])
+        return (x * mask.view(1, -1, *([1] * (x.dim() - 2))),)
 
     # -- gates ----------------------------------------------------------------------------
     def choices(self) -> dict[str, list]:
@@ -252,25 +288,48 @@ class Supernet(nn.Module):
         return [n for n in self.net.dag.nodes if n != INPUT]
 
     def sample(self, rng: random.Random, tries: int = 1000) -> Candidate:
-        """A uniform draw over the topology parameters (SPOS), rejecting non-networks."""
+        """A draw over the topology parameters (SPOS), rejecting non-networks: each edge on
+        with probability 1/2 (``sampling: uniform``), or the number of open edges uniform and
+        then which ones (``sampling: edges``, so sparse and dense paths are trained alike)."""
         choices = self.choices()
         last: SpecError | None = None
+        optional = [k for k, ch in choices.items() if k != NODES and OFF in ch]
         for _ in range(tries):
+            point = {k: rng.choice(ch) for k, ch in choices.items()}
+            if self.settings.sampling == "edges" and optional:
+                opened = set(rng.sample(optional, rng.randint(1, len(optional))))
+                point.update({k: ON if k in opened else OFF for k in optional})
             try:
-                return self.candidate({k: rng.choice(ch) for k, ch in choices.items()})
+                return self.candidate(point)
             except SpecError as err:
                 last = err
         raise SpecError(f"{tries} uniform draws from space '{self.space.name}' gave no network "
                         f"(last: {last})", file=self.space.source)
 
-    def point_of_edges(self, edges: set[tuple[str, str]]) -> dict[str, Any]:
+    def point_of_edges(self, edges: set[tuple[str, str]],
+                       nodes: "set[str] | None" = None) -> dict[str, Any]:
         """The topology point whose open candidates give exactly ``edges`` (decoder edges of
         the superset, e.g. a zoo model's at the space's depth); ``SpecError`` when an edge is
-        not in the space or a candidate covers it only together with edges not asked for."""
+        not in the space or a candidate covers it only together with edges not asked for.
+        ``nodes``: the network's nodes, which pick the node-set choice (default: every node
+        the edges touch) when the space has one."""
         point: dict[str, Any] = {}
         covered: set = set()
+        node_set = None
+        if NODES in self.dims:
+            want = set(nodes) if nodes is not None else {n for e in edges for n in e}
+            depth = self.spec.depth
+            fits = [c for c in self.space.node_choices()
+                    if want <= grid_node_ids(c if c in ("triangle", "diagonal")
+                                             else c.split(","), depth)]
+            if not fits:
+                raise SpecError("no node-set choice of the space holds the network's nodes",
+                                file=self.space.source, node=sorted(want)[0])
+            node_set = min(fits, key=lambda c: len(grid_node_ids(
+                c if c in ("triangle", "diagonal") else c.split(","), depth)))
+            point[NODES] = node_set
         for e in self.space.edges:
-            mine = self._candidate_edges(e.key)
+            mine = self._candidate_edges(e.key, node_set)
             point[e.key] = ON if mine and mine <= edges else OFF
             covered |= mine if point[e.key] == ON else set()
         missing = sorted(set(edges) - covered)
@@ -281,19 +340,23 @@ class Supernet(nn.Module):
                             "are all asked for")
         return point
 
-    def _candidate_edges(self, key: str) -> set[tuple[str, str]]:
+    def _candidate_edges(self, key: str, nodes: str | None = None) -> set[tuple[str, str]]:
         topo = {e.key: (ON if e.key == key else OFF) for e in self.space.edges}
         if NODES in self.dims:
-            topo[NODES] = "triangle" if "triangle" in self.space.node_choices() else \
-                self.space.node_choices()[0]
+            topo[NODES] = nodes or ("triangle" if "triangle" in self.space.node_choices() else
+                                    self.space.node_choices()[0])
         raw = self.space.build(_raw_point(self.space, self.pins, topo), check=False)
         g = build_graph(raw, check=False)
         return {(u, v) for u, v, d in g.edges(data=True) if d["kind"] not in FIXED_KINDS}
 
     # -- modules --------------------------------------------------------------------------
-    def path(self, cand: Candidate) -> fx.GraphModule:
-        """The candidate's module over the supernet's weights (compiled once, then cached)."""
+    def path(self, cand: Candidate) -> nn.Module:
+        """The candidate's module over the supernet's weights (compiled once, then cached; for
+        a concat supernet, the whole superset with the left-out inputs zeroed)."""
         from ..compiler import subnetwork
+
+        if self.concat:
+            return _MaskedPath(self, cand)
 
         paths = self.__dict__["_paths"]
         key = cand.hash
@@ -306,6 +369,32 @@ class Supernet(nn.Module):
             paths.popitem(last=False)
         return gm
 
+    def extract(self, cand: Candidate) -> nn.Module:
+        """The candidate compiled on its own (``skipdsl.create_model(cand.spec)``) with the
+        supernet's weights: a concat node's first convolution keeps the input channels of the
+        edges that are on. It computes what ``path(cand)`` computes."""
+        from skipdsl.models import create_model
+
+        net = create_model(cand.spec)
+        shared = self.net.state_dict()
+        state = {}
+        for name, t in net.state_dict().items():
+            src = shared[name]
+            if src.shape != t.shape:
+                v = name.split(".")[0]
+                if not self.concat or v not in self._layout or src.shape[1:2] == t.shape[1:2]:
+                    raise SpecError(f"{name}: {tuple(t.shape)} in the candidate, "
+                                    f"{tuple(src.shape)} in the supernet", node=v)
+                keep, at = [], 0
+                for e, c in self._layout[v]:
+                    if e in cand.edges:
+                        keep.extend(range(at, at + c))
+                    at += c
+                src = src[:, keep]
+            state[name] = src.detach().clone()
+        net.load_state_dict(state)
+        return net
+
     def use(self, cand: Candidate | None) -> "Supernet":
         self.active = cand
         return self
@@ -316,6 +405,25 @@ class Supernet(nn.Module):
         if self.active is None:
             return self.net(x)
         return self.path(self.active)(x)
+
+
+class _MaskedPath(nn.Module):
+    """A concat supernet's candidate: the whole superset, with the inputs the candidate leaves
+    out zeroed at each decoder node (Supernet._mask_inputs); the modules are the supernet's."""
+
+    def __init__(self, owner: Supernet, cand: Candidate) -> None:
+        super().__init__()
+        self.net = owner.net
+        self.__dict__["owner"] = owner
+        self.__dict__["edges"] = frozenset(cand.edges)
+
+    def forward(self, x: torch.Tensor) -> Any:
+        owner = self.__dict__["owner"]
+        owner.__dict__["_mask"] = self.__dict__["edges"]
+        try:
+            return self.net(x)
+        finally:
+            owner.__dict__["_mask"] = None
 
 
 # ---------------------------------------------------------------------------------------
@@ -472,7 +580,8 @@ def zoo_topology(run_or_net: "Supernet | SupernetRun", name: str) -> dict[str, A
     data.pop("node_overrides", None)
     g = build_graph(from_dict(data, source=f"zoo/{name}.yaml at depth {depth}"))
     return net.point_of_edges({(u, v) for u, v, d in g.edges(data=True)
-                               if d["kind"] not in FIXED_KINDS})
+                               if d["kind"] not in FIXED_KINDS},
+                              nodes={n for n in g.nodes if n != INPUT})
 
 
 def state_dict_cpu(net: Supernet) -> dict[str, torch.Tensor]:
