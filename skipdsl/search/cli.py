@@ -171,6 +171,32 @@ def add_subparsers(sub) -> None:
                    "each network's inherited IoU (0: leave that proxy out)")
     c.set_defaults(search_func=_proxy_check)
 
+    t = sub.add_parser("retrain", help="train a search's best networks and the zoo at equal "
+                       "size with several seeds, select on validation IoU, transfer the winner",
+                       description="Selection: the search's --top networks and the --zoo "
+                       "models at one size (--params), every seed, on the search's dataset; the "
+                       "winner has the best mean validation IoU. Transfer: the winner and the "
+                       "zoo on --transfer datasets. One bench output folder (report.md with "
+                       "the statistics), winner.yaml, winner.pt, retrain.md.")
+    t.add_argument("dir", help="the --out folder of a finished search")
+    t.add_argument("--out", required=True)
+    t.add_argument("--top", type=_positive_int, default=3)
+    t.add_argument("--seeds", default="0,1,2")
+    t.add_argument("--zoo", default="unet,unetpp,unet3p,unetsharp")
+    t.add_argument("--transfer", default="", help="datasets for the winner, e.g. mni2d,liver2d")
+    t.add_argument("--dataset", default=None, help="selection dataset (default: the search's)")
+    t.add_argument("--budget", default=None, help="default: the search's")
+    t.add_argument("--params", default="unetsharp", metavar="TARGET")
+    t.add_argument("--reuse", action="append", default=[], metavar="DIR",
+                   help="bench output folder whose finished trials with the same keys are "
+                   "copied, not trained again (e.g. results/cpu-zoo-matched)")
+    t.add_argument("--backend", default="ray", choices=("ray", "local"))
+    t.add_argument("--num-cpus", type=_positive_int, default=None)
+    t.add_argument("--epochs", type=_positive_int, default=None)
+    t.add_argument("--n", type=_positive_int, default=None)
+    t.add_argument("--data-root", default=None)
+    t.set_defaults(search_func=_retrain)
+
     p = sub.add_parser("report", help="rebuild trials.csv, pareto/, pareto.png, report.md of DIR")
     p.add_argument("dir")
     p.add_argument("--storage", default=None,
@@ -275,6 +301,22 @@ def _proxy_check(args) -> int:
         con.print(f"{r['proxy']:>15}: tau {r['tau']:+.3f}, top half {r['tau_top_half']:+.3f}, "
                   f"top-5 {r['top5']:.0f} (n {r['n']})")
     con.print(f"wrote {args.out}/proxy-check.md and proxies.csv")
+    return 0
+
+
+def _retrain(args) -> int:
+    from .retrain import retrain_top
+
+    con = _console()
+    split = lambda v: [x.strip() for x in v.split(",") if x.strip()]  # noqa: E731
+    res = retrain_top(args.dir, out=args.out, dataset=args.dataset, top=args.top,
+                      seeds=[int(x) for x in split(args.seeds)], zoo=split(args.zoo),
+                      transfer=split(args.transfer), budget=args.budget, params=args.params,
+                      reuse=args.reuse, backend=args.backend, num_cpus=args.num_cpus,
+                      overrides={"epochs": args.epochs, "n": args.n,
+                                 "data_root": args.data_root},
+                      log=lambda s: con.print(s, highlight=False))
+    con.print(f"wrote {args.out}/retrain.md, winner.yaml, report.md ({res['winner']['model']})")
     return 0
 
 
