@@ -703,6 +703,24 @@ def _memory(out: Path) -> list[str]:
                              "time ratio recompute", "grads"], table)
 
 
+#: GPU figures owed beyond the suite's 8 minutes: (what, command). The summary lists them so
+#: that whoever holds a GPU for longer knows what to run next.
+LONG_RUNS: tuple[tuple[str, str], ...] = (
+    ("nnU-Net's full recipe: PlainConvUNet against the UNet++, UNet 3+ and UNet# skip schemes "
+     "inside nnU-Net v2, 2D, 1000 epochs x 250 iterations, 5 folds (the CPU run: "
+     "results/nnunet-cpu/)",
+     "python benchmarks/nnunet_compare.py --device cuda --epochs 1000 --iterations 250 "
+     "--folds 0,1,2,3,4 --n 400 --out results/nnunet-gpu"),
+    ("Table 1 at the short budget, every dataset, 3 seeds, at equal size",
+     "bench run --models unet,wunet,unetpp,unet3p,unetsharp --datasets all --seeds 0,1,2 "
+     "--ds both --budget short --params unetsharp --gpus-per-trial 0.25 "
+     "--out results/gpu-zoo-matched"),
+    ("The equal-size topology search on a GPU (TPE + successive halving, skip5)",
+     "skipdsl search run --strategy halving --dataset nuclei2d --budget short --trials 400 "
+     "--backend ray --gpus-per-trial 0.25 --out results/search/halving-gpu"),
+)
+
+
 def summary_markdown(out: Path, suite: dict, info: dict[str, str]) -> str:
     dry = suite["dry_run"]
     stages = suite["stages"]
@@ -741,7 +759,9 @@ def summary_markdown(out: Path, suite: dict, info: dict[str, str]) -> str:
               "Table 1 ran beside compile-warm and fast-path on the same GPU: its IoU is "
               "unaffected, its images/s and train seconds are not speed figures.", "",
               "## Trials per GPU-hour", "", *_trials_per_hour(out), "",
-              "## Compile warm-up", "", *_compile_warm(out), ""]
+              "## Compile warm-up", "", *_compile_warm(out), "",
+              "## Owed beyond this suite (longer GPU runs)", "",
+              *md_table(["what", "command"], [[w, f"`{c}`"] for w, c in LONG_RUNS]), ""]
     return "\n".join(lines)
 
 

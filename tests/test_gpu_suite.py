@@ -177,8 +177,10 @@ def test_dry_run_runs_every_stage_and_the_summary_lists_them(tmp_path):
         assert re.search(rf"^\| {s.name} \| .* \| done \| ", summary, re.M), s.name
     for section in ("## Targets", "## Speed against REFERENCE.md section 3",
                     "## Fast path vs eager fp32", "## Table 1, reduced", "## Trials per GPU-hour",
-                    "## Compile warm-up", "## Training-step memory: recompute"):
+                    "## Compile warm-up", "## Training-step memory: recompute",
+                    "## Owed beyond this suite"):
         assert section in summary
+    assert "benchmarks/nnunet_compare.py --device cuda --epochs 1000" in summary
     assert "3 of 3 trials ok" in summary  # the dry run's table1: unet, unetsharp x DS
     assert "| 2 sharing | 0 | 2/2 |" in summary
     speed = json.loads((out / "speed_2d.json").read_text())
