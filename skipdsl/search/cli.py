@@ -82,7 +82,8 @@ def add_subparsers(sub) -> None:
                    "0.67M, 670000 or a model name (its count at --budget on --dataset); "
                    "default with --strategy halving: unetsharp")
     r.add_argument("--prune-warmup", type=int, default=2,
-                   help="epochs before pruning; halving / hyperband: the first rung (2)")
+                   help="epochs before pruning; halving / hyperband: the epochs before the "
+                   "first rung, at least 2 (2; skip5 on nuclei2d: 4, see proxy-check)")
     r.add_argument("--prune-min-trials", type=int, default=4,
                    help="finished trials before pruning starts (4)")
     r.add_argument("--width-scale", type=float, default=None,

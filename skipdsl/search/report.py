@@ -243,8 +243,8 @@ def write_report(out: Path, df, front, paths: list[Path], cfg: SearchConfig,
             "none" if cfg.prune == "none" else
             ("ASHA (Ray Tune) on the validation IoU" if settings.get("backend") == "ray" else
              f"Optuna's {'SuccessiveHalvingPruner' if cfg.prune == 'halving' else 'HyperbandPruner'}"
-             f" on the validation IoU after each epoch (first rung at epoch "
-             f"{max(1, cfg.prune_warmup)}, reduction factor {cfg.reduction_factor})"
+             f" on the validation IoU after each epoch (first rung after "
+             f"{max(2, cfg.prune_warmup)} epochs, reduction factor {cfg.reduction_factor})"
              if cfg.prune in ("halving", "hyperband") else
              (f"Optuna MedianPruner on the validation IoU (warm-up {cfg.prune_warmup} epochs, "
               f"{cfg.prune_min_trials} finished trials first)" if cfg.objectives == ("iou",)

@@ -441,12 +441,15 @@ def make_pruner(cfg: SearchConfig):
     if cfg.prune == "median" and cfg.objectives == ("iou",):
         return optuna.pruners.MedianPruner(n_startup_trials=cfg.prune_min_trials,
                                            n_warmup_steps=cfg.prune_warmup)
+    # intermediate values are reported at step = epoch index (0-based), so the first rung
+    # after W epochs is min_resource W - 1 (Optuna compares the last step with it)
+    first = max(1, cfg.prune_warmup - 1)
     if cfg.prune == "halving":  # Jamieson & Talwalkar 2016; Li et al., ASHA (MLSys 2020)
         return optuna.pruners.SuccessiveHalvingPruner(
-            min_resource=max(1, cfg.prune_warmup), reduction_factor=cfg.reduction_factor)
+            min_resource=first, reduction_factor=cfg.reduction_factor)
     if cfg.prune == "hyperband":  # Li et al., "Hyperband" (JMLR 2018)
         return optuna.pruners.HyperbandPruner(
-            min_resource=max(1, cfg.prune_warmup), max_resource=_max_epochs(cfg),
+            min_resource=first, max_resource=max(first, _max_epochs(cfg) - 1),
             reduction_factor=cfg.reduction_factor)
     return optuna.pruners.NopPruner()
 
