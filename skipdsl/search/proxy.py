@@ -216,19 +216,19 @@ def run_proxy_check(space: str, *, dataset: str, networks: int, out: str | Path,
 
     study, _, _, _ = load_for_report(out)
     by_number = {t.number: t for t in study.get_trials()}
-    rows = []
+    rows, points = [], []
     for _, r in done.iterrows():
         t = by_number[int(r["number"])]
         spec = from_dict(t.user_attrs["spec"])
-        point = dict(t.params)  # the zoo's queued trials carry their points too
+        point = sp.complete(dict(t.params))  # the zoo's queued trials carry their points too
+        points.append(point)
         curve = json.loads(r["curve"]) if isinstance(r["curve"], str) else []
         row = {"number": int(r["number"]), "zoo": r.get("zoo"), "hash": r["hash"],
                "iou": float(r["iou"]), "test_iou": float(r["test_iou"]),
                "params": r["params"]}
-        row.update(score_proxies(sp, sp.complete(point), spec, curve, batch, seed=seed))
+        row.update(score_proxies(sp, point, spec, curve, batch, seed=seed))
         rows.append(row)
     table = pd.DataFrame(rows)
-    points = [sp.complete(dict(by_number[n].params)) for n in table.get("number", [])]
     for form in ("sum", "concat") if supernet_epochs and len(table) else ():
         table[f"inherited_iou_{form}"] = inherited_ious(
             sp, points, {**{k: v for k, v in o.items() if v is not None}, "dataset": dataset,

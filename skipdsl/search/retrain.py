@@ -47,7 +47,7 @@ def top_specs(search_dir: str | Path, top: int) -> list[Path]:
     return files[:top]
 
 
-def best_val(out: Path, results: list[dict[str, Any]]) -> dict[str, float]:
+def best_val(results: list[dict[str, Any]]) -> dict[str, float]:
     """Per trial key: the best validation IoU over its epochs (the curve in its result)."""
     out_map = {}
     for r in results:
@@ -98,7 +98,7 @@ def retrain_top(search_dir: str | Path, *, out: str | Path, dataset: str | None 
         f"{list(seeds)}, every network at {params} (+-3%)")
     sweep(names + list(zoo), [dataset], weights=True)
     results = [r for r in store.load_results(out) if r.get("status") == "ok"]
-    val = best_val(out, results)
+    val = best_val(results)
     spec_names = {p: _spec_name(p) for p in specs}
     rows = []
     for p in specs:
