@@ -97,10 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fast path, over the specs' fast: (bare --fast = on: bf16, "
                    "channels_last, torch.compile, CUDA-graph inference on CUDA, none on CPU); "
                    "off, or parts: bf16,channels_last,compile,cuda_graphs (skipdsl/fast.py)")
-    r.add_argument("--recompute", default=None, choices=["none", "resample"],
+    r.add_argument("--recompute", default=None, choices=["none", "resample", "split"],
                    help="resample: the backward pass recomputes resampled tensors and "
-                   "concatenations instead of storing them (less memory, the same gradients; "
-                   "not part of the trial key); default: the specs' recompute, else none")
+                   "concatenations instead of storing them (less memory, the same gradients); "
+                   "split: also splits the first convolution of each concatenating node per "
+                   "input (least memory; gradients equal to float rounding); not part of the "
+                   "trial key; default: the specs' recompute, else none")
     r.add_argument("--retry-failed", action="store_true", help="re-run failed trials")
     r.add_argument("--reuse", action="append", default=[], metavar="DIR",
                    help="copy finished trials with the same keys from another output folder "
