@@ -164,11 +164,23 @@ def _build_modules(spec: Spec, dag: nx.DiGraph, heads: list[Head],
 
 
 def _emit_edge(graph: fx.Graph, spec: Spec, u: str, v: str, d: dict, t: fx.Node,
-               source: fx.Node, shared: dict[tuple, fx.Node], edge_mods: nn.Module) -> fx.Node:
+               source: fx.Node, shared: dict[tuple, fx.Node], edge_mods: nn.Module,
+               split: bool = False) -> fx.Node:
     """Emit one edge's operations on ``t`` (the value of ``u``, which is ``source``): dropout,
-    resampling, projection."""
+    resampling, projection. With ``split`` (``recompute="split"``) a stateless resampling
+    followed by a projection is emitted by :func:`_emit_resampled_conv`: the resampled copy
+    is not kept for the backward pass."""
     eid = f"{u}__{v}"
     mods = getattr(edge_mods, eid, None)
+    if split and _projected(d, mods):
+        conv = mods.project.conv
+        parts = _emit_resampled_conv(graph, spec, d, t, f"edges.{eid}.project.conv", conv, 0,
+                                     d["resampled"], eid)
+        t = parts[0] if len(parts) == 1 else graph.create_node(
+            "call_function", _sum_parts, (parts,), name=f"{eid}_sum")
+        t = graph.create_node("call_module", f"edges.{eid}.project.norm", (t,),
+                              name=f"{eid}_norm")
+        return graph.create_node("call_module", f"edges.{eid}.project.act", (t,), name=eid)
     if hasattr(mods, "dropout"):
         t = graph.create_node("call_module", f"edges.{eid}.dropout", (t,), name=f"{eid}_drop")
     if hasattr(mods, "resample"):
@@ -193,9 +205,9 @@ def _in_edges(dag: nx.DiGraph, v: str) -> list[tuple[str, str, dict]]:
 
 def _emit_node(graph: fx.Graph, spec: Spec, dag: nx.DiGraph, v: str,
                values: dict[str, fx.Node], shared: dict[tuple, fx.Node],
-               edge_mods: nn.Module) -> fx.Node:
+               edge_mods: nn.Module, split: bool = False) -> fx.Node:
     """Emit one node: resample and project each input, aggregate, then the block."""
-    parts = [_emit_edge(graph, spec, u, v, d, values[u], values[u], shared, edge_mods)
+    parts = [_emit_edge(graph, spec, u, v, d, values[u], values[u], shared, edge_mods, split)
              for u, _, d in _in_edges(dag, v)]
     if len(parts) == 1:
         agg = parts[0]
@@ -291,6 +303,19 @@ def _resampled_only(d: dict) -> bool:
             and not d["project"] and not d.get("dropout"))
 
 
+def _projected(d: dict, mods: nn.Module | None) -> bool:
+    """An edge that resamples statelessly, then projects (UNet 3+'s full-scale skips): its
+    projection's convolution can take the resampled copy chunk by chunk."""
+    if d["op"] == "identity" or RESAMPLERS.get(d["op"]).learnable or d.get("dropout"):
+        return False
+    proj = getattr(mods, "project", None)
+    return isinstance(proj, ConvNormAct) and _splittable(proj.conv)
+
+
+def _splittable(conv: nn.Module) -> bool:
+    return conv.groups == 1 and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
+
+
 def _split_conv(root: nn.Module, dag: nx.DiGraph, v: str) -> nn.Module | None:
     """The first convolution of node ``v``'s block where ``recompute="split"`` can split it per
     input: a concatenation of several inputs (none behind dropout) feeding a plain block
@@ -307,8 +332,7 @@ def _split_conv(root: nn.Module, dag: nx.DiGraph, v: str) -> nn.Module | None:
                                                                              ConvNormAct):
         return None
     conv = block[0].conv
-    ok = conv.groups == 1 and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
-    return conv if ok else None
+    return conv if _splittable(conv) else None
 
 
 def _conv_part(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -411,6 +435,26 @@ SPLIT_CHUNK_RATIO = 4
 SPLIT_MIN_CHUNK = 32
 
 
+def _emit_resampled_conv(graph: fx.Graph, spec: Spec, d: dict, src: fx.Node, conv_name: str,
+                         conv: nn.Module, w_start: int, channels: int, label: str) -> list[fx.Node]:
+    """conv(resample(src)) restricted to the weight's input channels ``w_start:+channels``, as
+    :class:`_ResampledConv` calls over chunks of ``src``'s channels (their sum is the
+    convolution; the bias, if any, goes to the first)."""
+    fn, fkw = RESAMPLERS.get(d["op"]).fn(spec.dims, d["factor"], d["align_corners"])
+    kw = (tuple(conv.stride), tuple(conv.padding), tuple(conv.dilation))
+    chunk = max(SPLIT_MIN_CHUNK, SPLIT_CHUNK_RATIO * conv.out_channels)
+    weight = graph.get_attr(f"{conv_name}.weight")
+    bias = graph.get_attr(f"{conv_name}.bias") if conv.bias is not None and w_start == 0 else None
+    parts = []
+    for c in range(0, channels, chunk):
+        n = min(chunk, channels - c)
+        name = label + (f"_c{c}" if n < channels else "")
+        call = _ResampledConv(name, fn, fkw, c, n, w_start + c, *kw)
+        args = (src, weight) if bias is None or parts else (src, weight, bias)
+        parts.append(graph.create_node("call_function", call, args, name=f"{name}_part"))
+    return parts
+
+
 def _emit_split(graph: fx.Graph, spec: Spec, dag: nx.DiGraph, v: str,
                 values: dict[str, fx.Node], root: nn.Module, conv: nn.Module) -> fx.Node:
     """``recompute="split"`` for node ``v``: conv(cat(inputs), W) + b written as a sum of
@@ -425,37 +469,31 @@ def _emit_split(graph: fx.Graph, spec: Spec, dag: nx.DiGraph, v: str,
     checkpointing where there is a concatenation or a resampling to recompute
     (:func:`_resample_policy`), as ``"resample"`` does for a whole node."""
     edge_mods = getattr(root, "edges", nn.Module())
-    weight = graph.get_attr(f"{v}.0.conv.weight")
-    bias = graph.get_attr(f"{v}.0.conv.bias") if conv.bias is not None else None
     kw = (tuple(conv.stride), tuple(conv.padding), tuple(conv.dilation))
-    chunk = max(SPLIT_MIN_CHUNK, SPLIT_CHUNK_RATIO * conv.out_channels)
     start, parts, group = 0, [], []
     for u, _, d in _in_edges(dag, v):
         channels = d["project"]["channels"] if d["project"] else d["resampled"]
         if _resampled_only(d):
-            fn, fkw = RESAMPLERS.get(d["op"]).fn(spec.dims, d["factor"], d["align_corners"])
-            for c in range(0, channels, chunk):
-                n = min(chunk, channels - c)
-                label = f"{u}__{v}" + (f"_c{c}" if n < channels else "")
-                call = _ResampledConv(label, fn, fkw, c, n, start + c, *kw)
-                parts.append(graph.create_node("call_function", call, (values[u], weight),
-                                               name=f"{label}_part"))
+            parts += _emit_resampled_conv(graph, spec, d, values[u], f"{v}.0.conv", conv, start,
+                                          channels, f"{u}__{v}")
         else:
             group.append((u, d, start, channels))
         start += channels
     if group:
         ranges = tuple((a, n) for _, _, a, n in group)
-        recompute = len(group) > 1 or any(d["op"] != "identity" and
-                                          not RESAMPLERS.get(d["op"]).learnable
-                                          for _, d, _, _ in group)
+        # a concatenation of stored tensors (identity edges) is recomputed, as "resample" does
+        recompute = len(group) > 1 and not any(_projected(d, getattr(edge_mods, f"{u}__{v}", None))
+                                               for u, d, _, _ in group)
         g = fx.Graph() if recompute else graph
         src = {u: g.placeholder(u) for u, *_ in group} if recompute else values
-        ts = [_emit_edge(g, spec, u, v, d, src[u], src[u], {}, edge_mods)
+        ts = [_emit_edge(g, spec, u, v, d, src[u], src[u], {}, edge_mods, split=True)
               for u, d, _, _ in group]
         t = ts[0] if len(ts) == 1 else g.create_node("call_function", torch.cat, (ts,),
                                                      {"dim": 1}, name=f"{v}_in")
-        w = g.get_attr(f"{v}.0.conv.weight") if recompute else weight
-        b = g.get_attr(f"{v}.0.conv.bias") if recompute and bias is not None else bias
+        w = g.get_attr(f"{v}.0.conv.weight")
+        b = g.get_attr(f"{v}.0.conv.bias") if conv.bias is not None else None
+        if ranges[0][0] != 0:  # the bias goes to the part with input channel 0
+            b = None
         out = g.create_node("call_function", _conv_part, (t, w, b, ranges, *kw),
                             name=f"{v}_group_part")
         if recompute:
@@ -465,8 +503,6 @@ def _emit_split(graph: fx.Graph, spec: Spec, dag: nx.DiGraph, v: str,
             out = graph.create_node("call_function", fn, tuple(values[u] for u, *_ in group),
                                     name=f"{v}_group_part")
         parts.insert(0, out)
-    elif bias is not None:  # no group: the first resampled part adds the bias
-        parts[0].args = (*parts[0].args, bias)
     if start != conv.in_channels:
         raise SpecError(f"recompute='split': the inputs have {start} channels, the first "
                         f"convolution takes {conv.in_channels}", node=v)
@@ -507,6 +543,10 @@ def _emit(spec: Spec, dag: nx.DiGraph, heads: list[Head], use_cgm: bool,
         conv = None if full or recompute != "split" else _split_conv(root, dag, v)
         if conv is not None:
             values[v] = _emit_split(graph, spec, dag, v, values, root, conv)
+        elif recompute == "split" and not full and any(
+                _projected(d, getattr(edge_mods, f"{u}__{v}", None)) for u, _, d in
+                dag.in_edges(v, data=True)):
+            values[v] = _emit_node(graph, spec, dag, v, values, shared, edge_mods, split=True)
         elif full or (recompute in ("resample", "split") and _recomputes(spec, dag, v)):
             srcs = [u for u, _, _ in sorted(dag.in_edges(v, data=True), key=lambda e: e[2]["order"])]
             fn = _checkpointed_node(spec, dag, v, root, selective=not full)

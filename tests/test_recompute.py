@@ -87,8 +87,10 @@ def test_split_is_the_same_network_with_the_same_gradients(name, dims):
     split.load_state_dict(base.state_dict())
     concats = sum(n.target is torch.cat for n in base.graph.nodes)
     parts = [n for n in split.graph.nodes if n.name.endswith("_part")]
-    if name in ("vnet", "unet3p"):  # residual stages; every input projected: nothing is
-        assert not parts  # only resampled, so the nodes are recomputed as with "resample"
+    if name == "vnet":  # residual stages: recomputed as with "resample", nothing split
+        assert not parts
+    elif name == "unet3p":  # every skip projected: the projections take the resampled copies
+        assert parts and all(n.target.__name__.startswith("resampled_conv_x") for n in parts)
     else:
         assert concats and parts and not any(n.target is torch.cat for n in split.graph.nodes)
     x = torch.randn(2, cin, *([32] * 2 if dims == 2 else [16] * 3))
@@ -112,6 +114,28 @@ def test_split_is_the_same_network_with_the_same_gradients(name, dims):
         a, b = base(x), split(x)
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-4, msg=k)
+
+
+def test_split_under_bf16_autocast_is_as_close_to_fp32_as_the_default():
+    # the backward pass resamples again under the forward's autocast state and casts the
+    # convolution's gradients back to the parameters' dtype; the parts are summed in fp32
+    torch.manual_seed(0)
+    models = {m: skipdsl.compile("unetsharp", widths=[4, 8, 16, 32, 64], recompute=m)
+              for m in ("none", "split")}
+    models["split"].load_state_dict(models["none"].state_dict())
+    x = torch.randn(2, 3, 32, 32)
+
+    def grads(m, amp):
+        m.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            out = m(x)
+        out.float().square().mean().backward()
+        return torch.cat([p.grad.flatten() for p in m.parameters()])
+
+    ref = grads(models["none"], False)
+    err = {m: ((grads(models[m], True) - ref).norm() / ref.norm()).item() for m in models}
+    assert all(p.grad.dtype == torch.float32 for p in models["split"].parameters())
+    assert err["split"] < 1.5 * err["none"] + 0.02, err
 
 
 def test_split_chunks_a_wide_resampled_input_and_prunes():

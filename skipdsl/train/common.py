@@ -248,7 +248,7 @@ DEFAULTS: dict[str, Any] = {
     "threads": None,  # torch CPU threads (the runner sets it to the trial's CPUs)
     "gpu_memory_fraction": None,  # cap this process's share of GPU memory (packed trials)
     "amp": "auto",  # bf16 autocast on CUDA
-    "channels_last": "auto",  # on CUDA (on the CPU: true, 1.06-2.3x in 2D, docs/speed.md)
+    "channels_last": "auto",  # on CUDA, and on the CPU for 2D data (docs/speed.md)
     # none | resample | split (skipdsl.compile's recompute): less activation memory, the same
     # network and gradients (split: to float rounding), so not part of the trial key; None:
     # the spec's, else none
