@@ -210,6 +210,14 @@ def test_recompute_is_a_trainer_key_that_does_not_change_the_trial_key(tmp_path)
         resolve_config({"model": "unet", "dataset": "nuclei2d", "recompute": "yes"})
     assert cli.build_parser().parse_args(["run", "--recompute", "resample"]).recompute == \
         "resample"
+    # the memory format is how a trial runs, not what it is: not in the key either
+    cl = runner.plan(["unetsharp"], ["nuclei2d"], seeds=[0], deep_supervision="off",
+                     budget="smoke", overrides={"channels_last": False})
+    assert [t.key for t in cl] == [t.key for t in plans[0]]
+    assert cl[0].config["channels_last"] is False
+    parser = cli.build_parser()
+    assert parser.parse_args(["run", "--no-channels-last"]).channels_last is False
+    assert parser.parse_args(["run"]).channels_last is None
 
 
 @pytest.mark.parametrize("mode", ["resample", "split"])

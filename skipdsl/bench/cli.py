@@ -97,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fast path, over the specs' fast: (bare --fast = on: bf16, "
                    "channels_last, torch.compile, CUDA-graph inference on CUDA, none on CPU); "
                    "off, or parts: bf16,channels_last,compile,cuda_graphs (skipdsl/fast.py)")
+    r.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="channels_last memory format (default: on CUDA, and on the CPU for 2D "
+                   "data); --no-channels-last keeps a sweep's earlier contiguous runs' layout "
+                   "(not part of the trial key)")
     r.add_argument("--recompute", default=None, choices=["none", "resample", "split"],
                    help="resample: the backward pass recomputes resampled tensors and "
                    "concatenations instead of storing them (less memory, the same gradients); "
@@ -197,7 +201,7 @@ def _cmd_run(a: argparse.Namespace) -> int:
                  "cgm": a.cgm, "head_init": a.head_init,
                  "save_weights": False if a.no_weights else None,
                  "fast": None if a.fast is None else normalize(a.fast),
-                 "recompute": a.recompute}
+                 "recompute": a.recompute, "channels_last": a.channels_last}
     size = None
     if a.params or a.flops:
         from skipdsl.sizing import parse_size
