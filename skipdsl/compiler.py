@@ -619,7 +619,7 @@ def _finish(root: nn.Module, graph: fx.Graph, spec: Spec, dag: nx.DiGraph, heads
     # a block used by parts (recompute="split": its first convolution's weight, its norm) is
     # the block itself, in the root's order of children, not a stub holding those parts
     stubs = [k for k, m in gm._modules.items()
-             if k in root._modules and m is not root._modules[k]]
+             if k in dag and k in root._modules and m is not root._modules[k]]
     if stubs:
         for k in stubs:
             gm._modules[k] = root._modules[k]

@@ -157,6 +157,7 @@ def test_split_chunks_a_wide_resampled_input_and_prunes():
         full = split(x)
         sub = skipdsl.prune(split, level=2)
         assert sub.recompute == "split"
+        assert list(sub.state_dict()) == list(skipdsl.prune(base, level=2).state_dict())
         torch.testing.assert_close(sub(x), full["x_0_2"])
         torch.testing.assert_close(full["x_0_4"], base(x)["x_0_4"], rtol=1e-4, atol=1e-4)
 
