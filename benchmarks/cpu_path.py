@@ -14,7 +14,9 @@ order, ``--steps`` steps each), best and median images/s:
   in eager mode, contiguous memory (DS off only: the references have one head);
 - ``compiled``: ``skipdsl.compile``, contiguous (the trainer's CPU default before issue 24);
 - ``compiled+cl``: channels_last model and batches (the trainer's ``channels_last: true``);
-- ``compiled+cl+recompute``: with ``recompute="resample"`` as well;
+- ``compiled+cl+resample``: with ``recompute="resample"`` as well;
+- ``compiled+split`` / ``compiled+cl+split``: ``recompute="split"`` (no concatenation: the
+  first convolution of a concatenating node split per input), contiguous / channels_last;
 - with ``--compile``: ``compiled+cl+compile``, torch.compile (inductor) of the training model;
   its warm-up (first steps, compilation included) is reported apart.
 
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shlex
 import statistics
@@ -123,7 +126,9 @@ def measure(name: str, ds: bool, args) -> dict:
         kinds["hand"] = Variant(hand, False, False, args)
     kinds["compiled"] = Variant(fresh(), False, False, args)
     kinds["compiled+cl"] = Variant(fresh(), True, False, args)
-    kinds["compiled+cl+recompute"] = Variant(fresh("resample"), True, False, args)
+    kinds["compiled+cl+resample"] = Variant(fresh("resample"), True, False, args)
+    kinds["compiled+split"] = Variant(fresh("split"), False, False, args)
+    kinds["compiled+cl+split"] = Variant(fresh("split"), True, False, args)
     warm = {}
     if args.compile:
         kinds["compiled+cl+compile"] = Variant(fresh(), True, True, args)
@@ -158,15 +163,17 @@ def table1(rows: list[dict], kind: str, eval_s: float) -> float:
 
 
 def markdown(rows: list[dict], args, command: str, data: float) -> str:
-    kinds = ["hand", "compiled", "compiled+cl", "compiled+cl+recompute"]
+    kinds = ["hand", "compiled", "compiled+cl", "compiled+cl+resample", "compiled+split",
+             "compiled+cl+split"]
     if args.compile:
         kinds.append("compiled+cl+compile")
     head = ["model", "DS"] + [f"{k} img/s median (best)" for k in kinds] + \
         [f"{k} / ref" for k in kinds[1:]]
     lines = ["# The CPU path on the cpu budget's training step", "",
              f"Command: `{command}`", "",
-             f"- machine: {platform.processor() or platform.machine()}, 2 CPU cores shared "
-             f"with other sessions (measured interleaved), torch {torch.__version__}, "
+             f"- machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU "
+             f"cores, load average {args.load[0]:.2f} before and {args.load[1]:.2f} after "
+             f"(1 min; measured interleaved), torch {torch.__version__}, "
              f"{args.threads} torch thread(s)",
              f"- step: trainer.train_epoch, cpu budget widths x{CPU_BUDGET.width_scale}, "
              f"batch {CPU_BUDGET.batch_size}, {CPU_BUDGET.patch}x{CPU_BUDGET.patch} crops of "
@@ -188,13 +195,13 @@ def markdown(rows: list[dict], args, command: str, data: float) -> str:
                               f"{r['warmup_s']['compiled+cl+compile']:.0f}" for r in rows)]
     if len(rows) == len(CONFIGS):
         before = table1(rows, "compiled", args.eval_s)
-        after = table1(rows, "compiled+cl", args.eval_s)
+        after = {k: table1(rows, k, args.eval_s) for k in kinds[2:]}
         lines += ["", f"Table-1 grid (2D, 8 configurations, {TRAIN_IMAGES} training images a "
                   f"trial at the cpu budget's quiet-machine rates {QUIET_RATES} img/s times the "
                   f"speed-ups measured here, + {args.eval_s:.0f} s evaluation a trial, "
-                  f"unchanged): "
-                  f"{before:.1f} trials per CPU hour with `compiled`, {after:.1f} with "
-                  f"`compiled+cl` ({after / before:.2f}x)."]
+                  f"unchanged): {before:.1f} trials per CPU hour with `compiled`; "
+                  + ", ".join(f"{v:.1f} with `{k}` ({v / before:.2f}x)" for k, v in after.items())
+                  + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -212,6 +219,7 @@ def main(argv=None) -> int:
     p.add_argument("--render", default=None, metavar="JSON",
                    help="only rewrite --out from an earlier run's --json (its settings)")
     args = p.parse_args(argv)
+    args.load = [float("nan")] * 2
     if args.render:
         saved = json.loads(Path(args.render).read_text())
         for k, v in saved["args"].items():
@@ -227,10 +235,12 @@ def main(argv=None) -> int:
     command = " ".join(["python benchmarks/cpu_path.py",
                         *map(shlex.quote, sys.argv[1:] if argv is None else argv)])
     data = data_ms(args)
+    args.load = [os.getloadavg()[0], os.getloadavg()[0]]
     rows = []
     for name, ds in configs:
         r = measure(name, ds, args)
         rows.append(r)
+        args.load[1] = os.getloadavg()[0]
         print(json.dumps({k: r[k] for k in ("model", "ds", "median", "ratio")}), flush=True)
         if args.out:
             Path(args.out).write_text(markdown(rows, args, command, data))
@@ -238,7 +248,7 @@ def main(argv=None) -> int:
             Path(args.json).write_text(json.dumps({
                 "command": command, "data_ms": data, "rows": rows,
                 "args": {k: getattr(args, k) for k in ("steps", "reps", "threads", "compile",
-                                                       "eval_s")}}, indent=1))
+                                                       "eval_s", "load")}}, indent=1))
     print(markdown(rows, args, command, data))
     return 0
 

@@ -22,7 +22,7 @@ arithmetic, and tests/test_gpu_suite.py checks that it matches these numbers):
   inference) on the five models, UNet# first.
 - ``memory-2d``: ``benchmarks/memory.py``, UNet# and UNet 3+ at
   96x96 batch 128, bf16 + channels_last: the peak memory and time of a training step, hand-
-  written, compiled and ``recompute="resample"`` (the <= 12 GB target).
+  written, compiled and ``recompute="resample"`` and ``"split"`` (the <= 12 GB target).
 - ``speed-3d``, ``speed-3d-fast``: UNet# (V-Net# widths) at 64^3 batch 4, eager and fast.
 - ``trials-per-hour``: ``benchmarks/trials_per_hour.py``, 4 UNet# trials one at a time
   against 4 sharing the GPU (0.25 each), through Ray.
@@ -134,7 +134,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("speed-2d-fast", 75, 40, "bench speed --fast (bf16, channels_last, compile, CUDA "
           "graphs), 5 models, 2D", dry_beside="table1"),
     Stage("memory-2d", 35, 40, "benchmarks/memory.py: UNet#, UNet 3+ training-step peak GB and time, "
-          "hand-written / compiled / recompute=resample, 96x96 batch 128, bf16 + channels_last",
+          "hand-written / compiled / recompute=resample / split, 96x96 batch 128, bf16 + channels_last",
           dry_beside="trials-per-hour"),
     Stage("speed-3d", 15, 45, "bench speed --dims 3, UNet# (V-Net# widths), 64^3 batch 4",
           dry_beside="trials-per-hour"),
@@ -224,7 +224,7 @@ def table1_command(cfg: Config) -> list[str]:
 
 def memory_command(cfg: Config) -> list[str]:
     """``benchmarks/memory.py``: peak training-step memory of the hand-written, compiled and
-    ``recompute="resample"`` UNet# (and UNet 3+), bf16 + channels_last (torch.compile's warm-up
+    ``recompute="resample"`` and ``"split"`` UNet# (and UNet 3+), bf16 + channels_last (torch.compile's warm-up
     of the recompute graphs would not fit the stage's limit)."""
     if cfg.dry:
         shape = ["--models", "unetsharp", "--size", "16", "--batch", "2",
@@ -681,26 +681,30 @@ def _memory(out: Path) -> list[str]:
     data = _read_json(out / "memory_2d.json")
     if not data or not data.get("rows"):
         return ["No model measured."]
-    kinds = ("hand", "compiled", "recompute")
+    kinds = ("hand", "compiled", "resample", "split")
     table = []
     for r in data["rows"]:
         if r.get("error"):
-            table.append([r["model"], r["error"]] + ["-"] * 8)
+            table.append([r["model"], r["error"]] + ["-"] * 12)
             continue
         mb, ms = r["peak_mb"], r["step_ms"]
+        grads = r["grad_diff"]
         table.append([r["model"]] + [_n(_gb(mb[k]), "{:.2f}") for k in kinds]
-                     + [f"{mb['recompute'] / mb['hand']:.2f}"]
+                     + [f"{mb[k] / mb['hand']:.2f}" for k in kinds[2:]]
                      + [_n(data["batch"] * 1e3 / ms[k]) for k in kinds]
-                     + [f"{r['time_ratio']['recompute']:.2f}",
-                        "exact" if r["grad_diff"] == 0 else _n(r["grad_diff"], "{:.1e}")])
+                     + [f"{r['time_ratio'][k]:.2f}" for k in kinds[2:]]
+                     + [", ".join(f"{k} " + ("exact" if grads[k] == 0 else _n(grads[k], "{:.1e}"))
+                                  for k in kinds[2:])])
     lines = [f"`benchmarks/memory.py`, batch {data['batch']}, {data['size']}x{data['size']}, fast path "
              f"{data['fast']}: peak GB of one training step above what was allocated before "
-             "it, train img/s, recompute's step time / the hand-written one's, and "
-             "recompute's gradients against compiled's. Target (UNet#, recompute): <= 12 GB at "
-             ">= 1,000 train img/s.", ""]
-    return lines + md_table(["model", "peak GB hand", "compiled", "recompute",
-                             "recompute / hand", "img/s hand", "compiled", "recompute",
-                             "time ratio recompute", "grads"], table)
+             "it, train img/s, step time / the hand-written one's, and the gradients against "
+             "compiled's (largest difference / largest gradient). resample: "
+             "recompute='resample'; split: recompute='split'. Target (UNet#, the fast path with "
+             "recompute): <= 12 GB at >= 1,000 train img/s.", ""]
+    return lines + md_table(["model", "peak GB hand", "compiled", "resample", "split",
+                             "resample / hand", "split / hand", "img/s hand", "compiled",
+                             "resample", "split", "time ratio resample", "time ratio split",
+                             "grads"], table)
 
 
 #: GPU figures owed beyond the suite's 8 minutes: (what, command). The summary lists them so

@@ -48,7 +48,9 @@ from skipdsl.fast import PARTS, FastPath, FastPathError  # noqa: E402
 
 __all__ = ["main", "parse_args", "peak_live_mb", "measure", "markdown", "KINDS"]
 
-KINDS = ("hand", "compiled", "recompute")
+KINDS = ("hand", "compiled", "resample", "split")
+#: the kinds that are ``skipdsl.compile(name, recompute=kind)``
+RECOMPUTED = ("resample", "split")
 DEFAULT_BATCH = {"cpu": 8, "cuda": 128}
 
 
@@ -131,20 +133,22 @@ def _grads(runner: Runner) -> dict[str, torch.Tensor]:
 
 
 def grad_difference(a: Runner, b: Runner) -> float:
-    """The largest |gradient difference| between two runners' modules on their batch (0.0:
-    equal). Their BatchNorm running statistics are put back afterwards."""
+    """The largest |gradient difference| between two runners' modules on their batch, over
+    the largest |gradient| of ``a`` (0.0: bitwise equal). Their BatchNorm running statistics
+    are put back afterwards."""
     states = [{k: v.clone() for k, v in r.module.state_dict().items()} for r in (a, b)]
     ga, gb = _grads(a), _grads(b)
     for r, s in zip((a, b), states):
         r.module.load_state_dict(s)
-    return max((ga[k].float() - gb[k].float()).abs().max().item() for k in ga)
+    diff = max((ga[k].float() - gb[k].float()).abs().max().item() for k in ga)
+    return diff and diff / max(g.float().abs().max().item() for g in ga.values())
 
 
 @dataclass
 class Row:
     model: str
     params: int
-    grad_diff: float | None = None
+    grad_diff: dict[str, float] = field(default_factory=dict)  # per recomputed kind
     peak_mb: dict[str, float] = field(default_factory=dict)
     step_ms: dict[str, float] = field(default_factory=dict)  # median
     best_ms: dict[str, float] = field(default_factory=dict)
@@ -153,17 +157,19 @@ class Row:
 
 
 def measure(name: str, args: argparse.Namespace) -> Row:
-    """One model's three kinds: peak memory, interleaved step times, gradient difference."""
+    """One model's kinds: peak memory, interleaved step times, gradient differences."""
     from skipdsl.compiler import compile
 
     pair, params, _ = build_pair(name, args)
-    recompute = compile(name, in_channels=3, num_classes=1, dims=args.dims,
-                                widths=args.widths, recompute="resample").to(args.device)
-    recompute.load_state_dict(pair["compiled"].state_dict())
-    runners = {"hand": Runner(pair["hand"], args), "compiled": Runner(pair["compiled"], args),
-               "recompute": Runner(recompute, args)}
+    runners = {"hand": Runner(pair["hand"], args), "compiled": Runner(pair["compiled"], args)}
+    for kind in RECOMPUTED:
+        m = compile(name, in_channels=3, num_classes=1, dims=args.dims, widths=args.widths,
+                    recompute=kind).to(args.device)
+        m.load_state_dict(pair["compiled"].state_dict())
+        runners[kind] = Runner(m, args)
     row = Row(name, params)
-    row.grad_diff = grad_difference(runners["compiled"], runners["recompute"])
+    for kind in RECOMPUTED:
+        row.grad_diff[kind] = grad_difference(runners["compiled"], runners[kind])
     for r in runners.values():  # Adam state and workspaces exist before anything is measured
         r.prepare("train_step")
         for _ in range(args.warmup):
@@ -173,7 +179,7 @@ def measure(name: str, args: argparse.Namespace) -> Row:
         row.peak_mb[kind] = peak_live_mb(r.train_step, args.device)
     times: dict[str, list[float]] = {k: [] for k in KINDS}
     for rep in range(args.reps):
-        order = KINDS[rep % 3:] + KINDS[:rep % 3]
+        order = KINDS[rep % len(KINDS):] + KINDS[:rep % len(KINDS)]
         for kind in order:
             sync(args.device)
             t0 = time.perf_counter()
@@ -185,7 +191,7 @@ def measure(name: str, args: argparse.Namespace) -> Row:
         row.step_ms[kind] = statistics.median(ts)
         row.best_ms[kind] = min(ts)
         row.time_ratio[kind] = statistics.median(t / h for t, h in zip(ts, times["hand"]))
-    del runners, pair, recompute
+    del runners, pair
     gc.collect()
     if args.device == "cuda":
         torch.cuda.empty_cache()
@@ -199,15 +205,20 @@ def _grad_cell(d: float | None) -> str:
     return "-" if d is None else ("exact" if d == 0.0 else f"{d:.1e}")
 
 
+def _grads_cell(r: Row) -> str:
+    return ", ".join(f"{k} {_grad_cell(d)}" for k, d in r.grad_diff.items())
+
+
 def markdown(rows: list[Row], args: argparse.Namespace, command: str) -> str:
     fast = args.fast_path.summary() if args.fast_path.applied else "off (eager fp32)"
-    head = ["model", "params", "grads recompute vs compiled"]
+    head = ["model", "params", "grads vs compiled"]
     for k in KINDS:
         head += [f"peak MB {k}"]
-    head += ["mem ratio compiled", "mem ratio recompute"]
+    head += [f"mem ratio {k}" for k in KINDS[1:]]
     for k in KINDS:
         head += [f"step ms {k} (best)"]
-    head += ["time ratio compiled", "time ratio recompute", "train img/s recompute"]
+    head += [f"time ratio {k}" for k in KINDS[1:]]
+    head += [f"train img/s {k}" for k in KINDS]
     lines = [f"# Training-step memory: hand-written vs compiled vs recompute ({args.device})", "",
              f"Command: `{command}`", "",
              f"- device: {device_name(args.device)}",
@@ -222,20 +233,25 @@ def markdown(rows: list[Row], args: argparse.Namespace, command: str) -> str:
             lines.append(f"| {r.model} | error: {r.error} |")
             continue
         h = r.peak_mb["hand"]
-        cells = [r.model, f"{r.params:,}", _grad_cell(r.grad_diff)]
+        cells = [r.model, f"{r.params:,}", _grads_cell(r)]
         cells += [f"{r.peak_mb[k]:,.1f}" for k in KINDS]
-        cells += [f"{r.peak_mb['compiled'] / h:.2f}", f"{r.peak_mb['recompute'] / h:.2f}"]
+        cells += [f"{r.peak_mb[k] / h:.2f}" for k in KINDS[1:]]
         cells += [f"{r.step_ms[k]:,.0f} ({r.best_ms[k]:,.0f})" for k in KINDS]
-        cells += [f"{r.time_ratio['compiled']:.2f}", f"{r.time_ratio['recompute']:.2f}",
-                  f"{args.batch * 1e3 / r.step_ms['recompute']:,.1f}"]
+        cells += [f"{r.time_ratio[k]:.2f}" for k in KINDS[1:]]
+        cells += [f"{args.batch * 1e3 / r.step_ms[k]:,.1f}" for k in KINDS]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Peak MB: peak live tensor bytes during one training step above those live "
               "before it (" + ("torch.profiler memory events in time order" if args.device
                                == "cpu" else "torch.cuda.max_memory_allocated") + "); "
               "ratios are against the hand-written reference measured in the same run "
               "(memory: < 1 = less; time: step time / the reference's, < 1 = faster). "
-              "grads: the largest |difference| of the parameter gradients of recompute and "
-              "compiled on one batch ('exact': bitwise equal).", ""]
+              "grads: the largest |difference| of the parameter gradients of a recompute "
+              "kind and compiled on one batch over the largest |gradient| ('exact': bitwise "
+              "equal). Kinds: hand = the hand-written eager reference; compiled = "
+              "skipdsl.compile(name); resample = recompute='resample' (the backward pass "
+              "recomputes resamplings and concatenations); split = recompute='split' (also the "
+              "first convolution of every concatenating node split per input, each input "
+              "resampled again in the backward pass just before its share is used).", ""]
     return "\n".join(lines)
 
 
@@ -258,7 +274,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python benchmarks/memor
         rows.append(row)
         print(f"{name}: peak MB " + ", ".join(f"{k} {v:,.1f}" for k, v in row.peak_mb.items())
               + "; step ms " + ", ".join(f"{k} {v:,.0f}" for k, v in row.step_ms.items())
-              + (f"; grads {_grad_cell(row.grad_diff)}" if row.error is None
+              + (f"; grads {_grads_cell(row)}" if row.error is None
                  else f"; {row.error}"), flush=True)
         _write(args.out, markdown(rows, args, command))
         _write(args.json, json.dumps({"command": command, "device": device_name(args.device),

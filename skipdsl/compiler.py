@@ -163,32 +163,52 @@ def _build_modules(spec: Spec, dag: nx.DiGraph, heads: list[Head],
     return root, encoder
 
 
+def _emit_edge(graph: fx.Graph, spec: Spec, u: str, v: str, d: dict, t: fx.Node,
+               source: fx.Node, shared: dict[tuple, fx.Node], edge_mods: nn.Module,
+               split: bool = False) -> fx.Node:
+    """Emit one edge's operations on ``t`` (the value of ``u``, which is ``source``): dropout,
+    resampling, projection. With ``split`` (``recompute="split"``) a stateless resampling
+    followed by a projection is emitted by :func:`_emit_resampled_conv`: the resampled copy
+    is not kept for the backward pass."""
+    eid = f"{u}__{v}"
+    mods = getattr(edge_mods, eid, None)
+    if split and _projected(d, mods):
+        conv = mods.project.conv
+        parts = _emit_resampled_conv(graph, spec, d, t, f"edges.{eid}.project.conv", conv, 0,
+                                     d["resampled"], eid)
+        t = parts[0] if len(parts) == 1 else graph.create_node(
+            "call_function", _sum_parts, (parts,), name=f"{eid}_sum")
+        t = graph.create_node("call_module", f"edges.{eid}.project.norm", (t,),
+                              name=f"{eid}_norm")
+        return graph.create_node("call_module", f"edges.{eid}.project.act", (t,), name=eid)
+    if hasattr(mods, "dropout"):
+        t = graph.create_node("call_module", f"edges.{eid}.dropout", (t,), name=f"{eid}_drop")
+    if hasattr(mods, "resample"):
+        t = graph.create_node("call_module", f"edges.{eid}.resample", (t,), name=f"{eid}_rs")
+    elif d["op"] != "identity":
+        # a stateless resampling used by several edges is emitted once (not after dropout)
+        key = (u if t is source else eid, d["op"], d["factor"], d["align_corners"])
+        if key not in shared:
+            fn, kw = RESAMPLERS.get(d["op"]).fn(spec.dims, d["factor"], d["align_corners"])
+            label = _factor_label(d["factor"], d["op"])
+            shared[key] = graph.create_node("call_function", fn, (t,), kw,
+                                            name=f"{key[0]}_{label}")
+        t = shared[key]
+    if hasattr(mods, "project"):
+        t = graph.create_node("call_module", f"edges.{eid}.project", (t,), name=eid)
+    return t
+
+
+def _in_edges(dag: nx.DiGraph, v: str) -> list[tuple[str, str, dict]]:
+    return sorted(dag.in_edges(v, data=True), key=lambda e: e[2]["order"])
+
+
 def _emit_node(graph: fx.Graph, spec: Spec, dag: nx.DiGraph, v: str,
                values: dict[str, fx.Node], shared: dict[tuple, fx.Node],
-               edge_mods: nn.Module) -> fx.Node:
+               edge_mods: nn.Module, split: bool = False) -> fx.Node:
     """Emit one node: resample and project each input, aggregate, then the block."""
-    dims = spec.dims
-    parts = []
-    for u, _, d in sorted(dag.in_edges(v, data=True), key=lambda e: e[2]["order"]):
-        t = values[u]
-        eid = f"{u}__{v}"
-        mods = getattr(edge_mods, eid, None)
-        if hasattr(mods, "dropout"):
-            t = graph.create_node("call_module", f"edges.{eid}.dropout", (t,), name=f"{eid}_drop")
-        if hasattr(mods, "resample"):
-            t = graph.create_node("call_module", f"edges.{eid}.resample", (t,), name=f"{eid}_rs")
-        elif d["op"] != "identity":
-            # a stateless resampling used by several edges is emitted once (not after dropout)
-            key = (u if t is values[u] else eid, d["op"], d["factor"], d["align_corners"])
-            if key not in shared:
-                fn, kw = RESAMPLERS.get(d["op"]).fn(dims, d["factor"], d["align_corners"])
-                label = _factor_label(d["factor"], d["op"])
-                shared[key] = graph.create_node("call_function", fn, (t,), kw,
-                                                name=f"{key[0]}_{label}")
-            t = shared[key]
-        if hasattr(mods, "project"):
-            t = graph.create_node("call_module", f"edges.{eid}.project", (t,), name=eid)
-        parts.append(t)
+    parts = [_emit_edge(graph, spec, u, v, d, values[u], values[u], shared, edge_mods, split)
+             for u, _, d in _in_edges(dag, v)]
     if len(parts) == 1:
         agg = parts[0]
     elif dag.nodes[v]["aggregate"] == "concat":
@@ -201,8 +221,9 @@ def _emit_node(graph: fx.Graph, spec: Spec, dag: nx.DiGraph, v: str,
 
 
 #: ``recompute`` values: ``none`` stores every activation the backward pass needs (PyTorch's
-#: default); ``resample`` recomputes resampled tensors and concatenations instead.
-RECOMPUTE = ("none", "resample")
+#: default); ``resample`` recomputes resampled tensors and concatenations instead; ``split``
+#: also splits the first convolution of a concatenating node per input (no concatenation).
+RECOMPUTE = ("none", "resample", "split")
 #: The aten ops ``recompute="resample"`` recomputes in the backward pass: the stateless
 #: resamplings (interpolation, pooling) and the concatenation.
 _RESAMPLE_OPS = ("upsample_nearest2d", "upsample_nearest3d", "upsample_bilinear2d",
@@ -275,6 +296,227 @@ def _checkpointed_node(spec: Spec, dag: nx.DiGraph, v: str, root: nn.Module,
     return _Checkpointed(v, fx.GraphModule(root, sub, class_name=f"node_{v}"), selective)
 
 
+def _resampled_only(d: dict) -> bool:
+    """An edge that only resamples, statelessly (UNet#'s full-scale skips, UNet++'s and
+    UNet's upsamplings): its copy can be made again from its source in the backward pass."""
+    return (d["op"] != "identity" and not RESAMPLERS.get(d["op"]).learnable
+            and not d["project"] and not d.get("dropout"))
+
+
+def _projected(d: dict, mods: nn.Module | None) -> bool:
+    """An edge that resamples statelessly, then projects (UNet 3+'s full-scale skips): its
+    projection's convolution can take the resampled copy chunk by chunk."""
+    if d["op"] == "identity" or RESAMPLERS.get(d["op"]).learnable or d.get("dropout"):
+        return False
+    proj = getattr(mods, "project", None)
+    return isinstance(proj, ConvNormAct) and _splittable(proj.conv)
+
+
+def _splittable(conv: nn.Module) -> bool:
+    return conv.groups == 1 and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
+
+
+def _split_conv(root: nn.Module, dag: nx.DiGraph, v: str) -> nn.Module | None:
+    """The first convolution of node ``v``'s block where ``recompute="split"`` can split it per
+    input: a concatenation of several inputs (none behind dropout) feeding a plain block
+    (``conv`` without ``residual``: its input reaches the first convolution alone) whose
+    first convolution is ungrouped with zero padding. ``None`` where it cannot."""
+    ins = _in_edges(dag, v)
+    if len(ins) < 2 or dag.nodes[v]["aggregate"] != "concat" or any(d.get("dropout")
+                                                                    for *_, d in ins):
+        return None
+    if not any(_resampled_only(d) for *_, d in ins):
+        return None  # nothing large to split off (UNet 3+: every input is projected)
+    block = getattr(root, v, None)
+    if type(block) is not nn.Sequential or not len(block) or not isinstance(block[0],
+                                                                             ConvNormAct):
+        return None
+    conv = block[0].conv
+    return conv if _splittable(conv) else None
+
+
+def _conv_part(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+               ranges: tuple[tuple[int, int], ...], stride: tuple, padding: tuple,
+               dilation: tuple) -> torch.Tensor:
+    """The share of the input channels ``ranges`` ((start, count), ...; ``x`` holds them in
+    that order) in a convolution: the convolution of the concatenation is the sum of these
+    over its parts (plus the bias, given to one)."""
+    fn = F.conv2d if weight.dim() == 4 else F.conv3d
+    w = (weight.narrow(1, *ranges[0]) if len(ranges) == 1
+         else torch.cat([weight.narrow(1, a, n) for a, n in ranges], 1))
+    return fn(x, w, bias, stride, padding, dilation)
+
+
+class _ResampledConvFn(torch.autograd.Function):
+    """conv(resample(src), weight, bias) that keeps ``src`` (a tensor stored anyway) for the
+    backward pass instead of the resampled copy: the backward pass resamples again, takes the
+    convolution's gradients and frees the copy. Neither the copy nor the convolution's output
+    is kept (selective checkpointing would cache the output)."""
+
+    @staticmethod
+    def forward(ctx: Any, src: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                call: "_ResampledConv") -> torch.Tensor:
+        ctx.call = call
+        ctx.has_bias = bias is not None
+        kind = src.device.type
+        # under autocast (bf16 on CUDA) the backward pass resamples in the same dtype
+        ctx.autocast = (kind, torch.is_autocast_enabled(kind), torch.get_autocast_dtype(kind))
+        ctx.save_for_backward(src, weight)
+        with torch.no_grad():
+            return call.conv(call.resample(src), weight, bias)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple:
+        src, weight = ctx.saved_tensors
+        call = ctx.call
+        kind, enabled, dtype = ctx.autocast
+        with torch.enable_grad(), torch.autocast(kind, dtype=dtype, enabled=enabled):
+            leaf = src.detach().requires_grad_(ctx.needs_input_grad[0])
+            resampled = call.resample(leaf)
+        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and
+                ctx.needs_input_grad[2]]
+        # the convolution ran in grad's dtype (autocast casts its input and weight): so do its
+        # gradients, cast back to the dtypes of what the forward pass was given
+        g_in, g_w, g_b = torch.ops.aten.convolution_backward(
+            grad, resampled.detach().to(grad.dtype), weight.to(grad.dtype),
+            [weight.shape[0]] if ctx.has_bias else None, call.stride, call.padding,
+            call.dilation, False, [0] * (weight.dim() - 2), 1, mask)
+        g_src = None
+        if mask[0]:
+            (g_src,) = torch.autograd.grad(resampled, leaf, g_in.to(resampled.dtype))
+        if g_w is not None:
+            g_w = g_w.to(weight.dtype)
+        if g_b is not None:
+            g_b = g_b.to(weight.dtype)
+        return g_src, g_w, g_b, None
+
+
+class _ResampledConv:
+    """The fx target of one ``recompute="split"`` part: input channels ``src_start:+channels``
+    of ``src``, resampled (``fn(**kwargs)``), convolved with the first convolution's weight
+    slice at ``w_start`` (:class:`_ResampledConvFn` when gradients are needed)."""
+
+    def __init__(self, name: str, fn: Any, kwargs: dict, src_start: int, src_channels: int,
+                 w_start: int, stride: tuple, padding: tuple, dilation: tuple) -> None:
+        self.__name__ = f"resampled_conv_{name}"
+        self.fn, self.kwargs = fn, kwargs
+        self.src_start, self.src_channels, self.w_start = src_start, src_channels, w_start
+        self.stride, self.padding, self.dilation = list(stride), list(padding), list(dilation)
+
+    def resample(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x, **self.kwargs)
+
+    def conv(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        fn = F.conv2d if weight.dim() == 4 else F.conv3d
+        return fn(x, weight, bias, self.stride, self.padding, self.dilation)
+
+    def __call__(self, src: torch.Tensor, weight: torch.Tensor,
+                 bias: torch.Tensor | None = None) -> torch.Tensor:
+        if self.src_channels != src.shape[1]:
+            src = src.narrow(1, self.src_start, self.src_channels)
+        weight = weight.narrow(1, self.w_start, self.src_channels)
+        if torch.is_grad_enabled() and (src.requires_grad or weight.requires_grad):
+            return _ResampledConvFn.apply(src, weight, bias, self)
+        return self.conv(self.resample(src), weight, bias)
+
+
+def _sum_parts(parts: list[torch.Tensor]) -> torch.Tensor:
+    """The sum of a split convolution's parts, accumulated in float32 (under autocast the
+    parts are bf16 or fp16: one rounding at the end, as a single convolution has)."""
+    acc = parts[0].float() + parts[1].float()
+    for p in parts[2:]:
+        acc += p
+    return acc.to(parts[0].dtype)
+
+
+#: ``recompute="split"`` convolves a resampled input in chunks of at most this many times the
+#: node's width channels (at least :data:`SPLIT_MIN_CHUNK`): one chunk's copy is live at a time.
+SPLIT_CHUNK_RATIO = 4
+SPLIT_MIN_CHUNK = 32
+
+
+def _emit_resampled_conv(graph: fx.Graph, spec: Spec, d: dict, src: fx.Node, conv_name: str,
+                         conv: nn.Module, w_start: int, channels: int, label: str) -> list[fx.Node]:
+    """conv(resample(src)) restricted to the weight's input channels ``w_start:+channels``, as
+    :class:`_ResampledConv` calls over chunks of ``src``'s channels (their sum is the
+    convolution; the bias, if any, goes to the first)."""
+    fn, fkw = RESAMPLERS.get(d["op"]).fn(spec.dims, d["factor"], d["align_corners"])
+    kw = (tuple(conv.stride), tuple(conv.padding), tuple(conv.dilation))
+    chunk = max(SPLIT_MIN_CHUNK, SPLIT_CHUNK_RATIO * conv.out_channels)
+    weight = graph.get_attr(f"{conv_name}.weight")
+    bias = graph.get_attr(f"{conv_name}.bias") if conv.bias is not None and w_start == 0 else None
+    parts = []
+    for c in range(0, channels, chunk):
+        n = min(chunk, channels - c)
+        name = label + (f"_c{c}" if n < channels else "")
+        call = _ResampledConv(name, fn, fkw, c, n, w_start + c, *kw)
+        args = (src, weight) if bias is None or parts else (src, weight, bias)
+        parts.append(graph.create_node("call_function", call, args, name=f"{name}_part"))
+    return parts
+
+
+def _emit_split(graph: fx.Graph, spec: Spec, dag: nx.DiGraph, v: str,
+                values: dict[str, fx.Node], root: nn.Module, conv: nn.Module) -> fx.Node:
+    """``recompute="split"`` for node ``v``: conv(cat(inputs), W) + b written as a sum of
+    convolutions, each over some inputs with their slice of W (+ b once), then the rest of
+    the block.
+
+    An input that is only resampled (:func:`_resampled_only`: UNet#'s full-scale skips) is
+    convolved alone by :class:`_ResampledConv`, in chunks of channels: the backward pass
+    resamples each chunk again just before its share of the gradient is taken and frees it,
+    so no resampled copy, nor its gradient, is ever whole. The other inputs (identity,
+    projected, learnably resampled) are concatenated and convolved together, under selective
+    checkpointing where there is a concatenation or a resampling to recompute
+    (:func:`_resample_policy`), as ``"resample"`` does for a whole node."""
+    edge_mods = getattr(root, "edges", nn.Module())
+    kw = (tuple(conv.stride), tuple(conv.padding), tuple(conv.dilation))
+    start, parts, group = 0, [], []
+    for u, _, d in _in_edges(dag, v):
+        channels = d["project"]["channels"] if d["project"] else d["resampled"]
+        if _resampled_only(d):
+            parts += _emit_resampled_conv(graph, spec, d, values[u], f"{v}.0.conv", conv, start,
+                                          channels, f"{u}__{v}")
+        else:
+            group.append((u, d, start, channels))
+        start += channels
+    if group:
+        ranges = tuple((a, n) for _, _, a, n in group)
+        # a concatenation of stored tensors (identity edges) is recomputed, as "resample" does
+        recompute = len(group) > 1 and not any(_projected(d, getattr(edge_mods, f"{u}__{v}", None))
+                                               for u, d, _, _ in group)
+        g = fx.Graph() if recompute else graph
+        src = {u: g.placeholder(u) for u, *_ in group} if recompute else values
+        ts = [_emit_edge(g, spec, u, v, d, src[u], src[u], {}, edge_mods, split=True)
+              for u, d, _, _ in group]
+        t = ts[0] if len(ts) == 1 else g.create_node("call_function", torch.cat, (ts,),
+                                                     {"dim": 1}, name=f"{v}_in")
+        w = g.get_attr(f"{v}.0.conv.weight")
+        b = g.get_attr(f"{v}.0.conv.bias") if conv.bias is not None else None
+        if ranges[0][0] != 0:  # the bias goes to the part with input channel 0
+            b = None
+        out = g.create_node("call_function", _conv_part, (t, w, b, ranges, *kw),
+                            name=f"{v}_group_part")
+        if recompute:
+            g.output(out)
+            fn = _Checkpointed(f"{v}_group", fx.GraphModule(root, g, class_name=f"group_{v}"),
+                               selective=True)
+            out = graph.create_node("call_function", fn, tuple(values[u] for u, *_ in group),
+                                    name=f"{v}_group_part")
+        parts.insert(0, out)
+    if start != conv.in_channels:
+        raise SpecError(f"recompute='split': the inputs have {start} channels, the first "
+                        f"convolution takes {conv.in_channels}", node=v)
+    total = parts[0] if len(parts) == 1 else graph.create_node(
+        "call_function", _sum_parts, (parts,), name=f"{v}_sum")
+    t = graph.create_node("call_module", f"{v}.0.norm", (total,), name=f"{v}_norm")
+    t = graph.create_node("call_module", f"{v}.0.act", (t,), name=f"{v}_act")
+    block = getattr(root, v)
+    for k in range(1, len(block)):
+        t = graph.create_node("call_module", f"{v}.{k}", (t,), name=v if k == len(block) - 1
+                              else f"{v}_{k}")
+    return t
+
+
 def _emit(spec: Spec, dag: nx.DiGraph, heads: list[Head], use_cgm: bool,
           as_dict: bool, root: nn.Module, recompute: str = "none") -> fx.Graph:
     """Write the forward as an fx graph, one named node per operation (with ``recompute``
@@ -298,7 +540,14 @@ def _emit(spec: Spec, dag: nx.DiGraph, heads: list[Head], use_cgm: bool,
         if v == INPUT or v not in needed:
             continue
         full = dag.nodes[v]["checkpoint"]
-        if full or (recompute == "resample" and _recomputes(spec, dag, v)):
+        conv = None if full or recompute != "split" else _split_conv(root, dag, v)
+        if conv is not None:
+            values[v] = _emit_split(graph, spec, dag, v, values, root, conv)
+        elif recompute == "split" and not full and any(
+                _projected(d, getattr(edge_mods, f"{u}__{v}", None)) for u, _, d in
+                dag.in_edges(v, data=True)):
+            values[v] = _emit_node(graph, spec, dag, v, values, shared, edge_mods, split=True)
+        elif full or (recompute in ("resample", "split") and _recomputes(spec, dag, v)):
             srcs = [u for u, _, _ in sorted(dag.in_edges(v, data=True), key=lambda e: e[2]["order"])]
             fn = _checkpointed_node(spec, dag, v, root, selective=not full)
             values[v] = graph.create_node("call_function", fn, tuple(values[u] for u in srcs),
@@ -365,8 +614,17 @@ def _finish(root: nn.Module, graph: fx.Graph, spec: Spec, dag: nx.DiGraph, heads
     for n in graph.nodes:
         if n.op == "call_function" and isinstance(n.target, _Checkpointed):
             for m in n.target.fn.graph.nodes:
-                if m.op == "call_module":
+                if m.op in ("call_module", "get_attr"):
                     _copy_attr(root, gm, m.target)
+    # a block used by parts (recompute="split": its first convolution's weight, its norm) is
+    # the block itself, in the root's order of children, not a stub holding those parts
+    stubs = [k for k, m in gm._modules.items()
+             if k in dag and k in root._modules and m is not root._modules[k]]
+    if stubs:
+        for k in stubs:
+            gm._modules[k] = root._modules[k]
+        order = {k: i for i, k in enumerate(root._modules)}
+        gm._modules = dict(sorted(gm._modules.items(), key=lambda kv: order.get(kv[0], len(order))))
     gm.spec = spec
     gm.dag = dag
     gm.head_ids = [h.node for h in heads]
@@ -415,6 +673,15 @@ def compile(
     ``"none"`` emits once for two nodes is recomputed per node: its gradients are then summed
     in another order, float rounding apart). UNet#'s and UNet 3+'s full-scale skips
     upsample deep maps to full resolution: their copies are most of a training step's memory.
+    ``recompute="split"`` goes further: the first convolution of a node that concatenates is
+    computed as the sum of one convolution per input (with that input's slice of the weight,
+    the bias once), so no concatenation is built, and an input that is only resampled is
+    resampled again in the backward pass, chunk by chunk of channels, just before its share
+    of the gradient is taken (:class:`_ResampledConvFn`): no full-resolution copy and no
+    gradient of one is ever whole. The same network (parameter names, state dict, BatchNorm
+    statistics); outputs and gradients equal ``"none"``'s to float rounding (the sum runs in
+    another order), not bitwise. Nodes whose block is not a plain ``conv`` block (residual,
+    V-Net stages) are recomputed as with ``"resample"``.
 
     A spec whose graph would hold more than ``max_params`` weights (default
     :data:`skipdsl.limits.MAX_PARAMS`, 1e9, or ``$SKIPDSL_MAX_PARAMS``) is refused with a
@@ -422,7 +689,7 @@ def compile(
     """
     if recompute is not None and recompute not in RECOMPUTE:
         raise SpecError(f"unknown recompute '{recompute}'", expected=" | ".join(RECOMPUTE),
-                        found=recompute, hint="recompute='resample' stores less for more compute")
+                        found=recompute, hint="recompute='resample' or 'split' stores less")
     spec = load(spec).with_backbone(backbone, weights).replace(
         in_channels=in_channels, num_classes=num_classes, dims=dims, widths=widths,
         deep_supervision=deep_supervision, cgm=cgm)

@@ -335,9 +335,9 @@ class Spec(_Model):
     init: Literal["he", "torch"] = "he"
     # how to run it, not what it is: off | on | a list of parts (skipdsl.fast); not hashed
     fast: str | None = None
-    # none | resample (skipdsl.compile's recompute): what the backward pass recomputes instead
-    # of storing; the same gradients, so not hashed either
-    recompute: Literal["none", "resample"] | None = None
+    # none | resample | split (skipdsl.compile's recompute): what the backward pass recomputes
+    # instead of storing; the same network and gradients, so not hashed either
+    recompute: Literal["none", "resample", "split"] | None = None
     source: str | None = Field(None, exclude=True)
 
     @field_validator("fast", mode="before")

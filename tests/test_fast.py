@@ -223,6 +223,11 @@ def test_trainer_fast_path_precedence_and_legacy_keys():
     off = fast_path(resolve_config({**base, "fast": "off"}), spec_on, "cuda")
     assert off.applied == ("bf16", "channels_last")  # amp/channels_last 'auto' on CUDA, as before
     assert fast_path(resolve_config(base), skipdsl.load("unet"), "cpu").applied == ()
+    # on the CPU 'auto' adds channels_last for 2D data, not for 3D (docs/speed.md)
+    unet = skipdsl.load("unet")
+    assert fast_path(resolve_config(base), unet, "cpu", 2).applied == ("channels_last",)
+    assert fast_path(resolve_config(base), unet, "cpu", 3).applied == ()
+    assert fast_path(resolve_config({**base, "channels_last": False}), unet, "cpu", 2).applied == ()
     no_amp = fast_path(resolve_config({**base, "amp": False}), spec_on, "cuda")
     assert not no_amp.bf16 and no_amp.skipped["bf16"] == "amp: false in the config"
     forced = fast_path(resolve_config({**base, "amp": True, "fast": "on"}), spec_on, "cpu")
@@ -234,8 +239,9 @@ def test_trainer_fast_path_precedence_and_legacy_keys():
 def test_trainer_runs_fast_on_cpu_and_records_what_it_applied(cache_dir):
     r = train_and_evaluate(_cfg(cache_dir, fast="on"))
     assert r["status"] == "ok", r["reason"]
-    assert r["fast"] == "off" and r["config"]["fast"] == "on"
-    assert all(f"{p}: " in r["fast_skipped"] for p in PARTS)
+    # 'on' applies no part on the CPU; the trainer's channels_last: auto adds it in 2D
+    assert r["fast"] == "channels_last" and r["config"]["fast"] == "on"
+    assert all(f"{p}: " in r["fast_skipped"] for p in PARTS if p != "channels_last")
     assert r["images_per_s"] > 0 and 0 <= r["iou"] <= 1
 
 
@@ -256,7 +262,7 @@ def test_trainer_spec_fast_with_deep_supervision_and_pruning(cache_dir):
 def test_bench_run_fast_overrides_the_spec(tmp_path, cache_dir, capsys):
     from skipdsl.bench import cli
 
-    spec = skipdsl.load("unet").replace(fast="channels_last")
+    spec = skipdsl.load("unet").replace(fast="channels_last,cuda_graphs")
     path = tmp_path / "unet_cl.yaml"
     path.write_text(spec.to_yaml())
     common = ["run", "--backend", "local", "--models", str(path), "--datasets", "nuclei2d",
@@ -268,8 +274,11 @@ def test_bench_run_fast_overrides_the_spec(tmp_path, cache_dir, capsys):
         assert cli.main(common + ["--out", str(out)] + extra) == 0
         (result,) = [json.loads(p.read_text()) for p in out.glob("trials/*/result.json")]
         results[name] = result
-    assert results["spec"]["fast"] == "channels_last"
-    assert results["cli"]["fast"] == "off" and results["cli"]["config"]["fast"] == "off"
+    # the spec asks for cuda_graphs too (skipped on the CPU); --fast off asks for nothing, and
+    # channels_last comes from the trainer's channels_last: auto (2D on the CPU) in both
+    assert results["spec"]["fast"] == results["cli"]["fast"] == "channels_last"
+    assert results["spec"]["fast_skipped"] == "cuda_graphs: needs a CUDA device"
+    assert results["cli"]["fast_skipped"] == "" and results["cli"]["config"]["fast"] == "off"
     assert results["spec"]["trial_key"] == results["cli"]["trial_key"]  # same trial, run faster
     assert cli.build_parser().parse_args(["run", "--fast"]).fast == "on"
     assert cli.build_parser().parse_args(["run"]).fast is None

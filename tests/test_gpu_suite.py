@@ -188,7 +188,9 @@ def test_dry_run_runs_every_stage_and_the_summary_lists_them(tmp_path):
     assert speed["pending"] == []
     memory = json.loads((out / "memory_2d.json").read_text())
     assert [r["model"] for r in memory["rows"]] == ["unetsharp"]
-    assert memory["rows"][0]["error"] is None and memory["rows"][0]["grad_diff"] == 0.0
+    assert memory["rows"][0]["error"] is None
+    assert memory["rows"][0]["grad_diff"]["resample"] == 0.0
+    assert 0 < memory["rows"][0]["grad_diff"]["split"] < 1e-4
     assert re.search(r"^\| unetsharp \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \| ", summary, re.M)
     checks = json.loads((out / "fastpath.json").read_text())["checks"]
     assert {c["name"]: c["status"] for c in checks} == {

@@ -97,10 +97,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fast path, over the specs' fast: (bare --fast = on: bf16, "
                    "channels_last, torch.compile, CUDA-graph inference on CUDA, none on CPU); "
                    "off, or parts: bf16,channels_last,compile,cuda_graphs (skipdsl/fast.py)")
-    r.add_argument("--recompute", default=None, choices=["none", "resample"],
+    r.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="channels_last memory format (default: on CUDA, and on the CPU for 2D "
+                   "data); --no-channels-last keeps a sweep's earlier contiguous runs' layout "
+                   "(not part of the trial key)")
+    r.add_argument("--recompute", default=None, choices=["none", "resample", "split"],
                    help="resample: the backward pass recomputes resampled tensors and "
-                   "concatenations instead of storing them (less memory, the same gradients; "
-                   "not part of the trial key); default: the specs' recompute, else none")
+                   "concatenations instead of storing them (less memory, the same gradients); "
+                   "split: also splits the first convolution of each concatenating node per "
+                   "input (least memory; gradients equal to float rounding); not part of the "
+                   "trial key; default: the specs' recompute, else none")
     r.add_argument("--retry-failed", action="store_true", help="re-run failed trials")
     r.add_argument("--reuse", action="append", default=[], metavar="DIR",
                    help="copy finished trials with the same keys from another output folder "
@@ -195,7 +201,7 @@ def _cmd_run(a: argparse.Namespace) -> int:
                  "cgm": a.cgm, "head_init": a.head_init,
                  "save_weights": False if a.no_weights else None,
                  "fast": None if a.fast is None else normalize(a.fast),
-                 "recompute": a.recompute}
+                 "recompute": a.recompute, "channels_last": a.channels_last}
     size = None
     if a.params or a.flops:
         from skipdsl.sizing import parse_size

@@ -248,9 +248,10 @@ DEFAULTS: dict[str, Any] = {
     "threads": None,  # torch CPU threads (the runner sets it to the trial's CPUs)
     "gpu_memory_fraction": None,  # cap this process's share of GPU memory (packed trials)
     "amp": "auto",  # bf16 autocast on CUDA
-    "channels_last": "auto",  # on CUDA (on the CPU: true, 1.06-2.3x in 2D, docs/speed.md)
-    # none | resample (skipdsl.compile's recompute): less activation memory, the same
-    # gradients and results, so not part of the trial key; None: the spec's, else none
+    "channels_last": "auto",  # on CUDA, and on the CPU for 2D data (docs/speed.md)
+    # none | resample | split (skipdsl.compile's recompute): less activation memory, the same
+    # network and gradients (split: to float rounding), so not part of the trial key; None:
+    # the spec's, else none
     "recompute": None,
     "fast": None,  # off | on | parts (skipdsl.fast); None: the spec's fast, else off
     "hd95": None,
@@ -279,8 +280,8 @@ def resolve_config(config: dict[str, Any]) -> dict[str, Any]:
     if out["budget"] not in budgets_for(out["task"]):
         raise ValueError(f"unknown budget '{out['budget']}'; valid: "
                          f"{', '.join(budgets_for(out['task']))}")
-    if out["recompute"] not in (None, "none", "resample"):
-        raise ValueError(f"unknown recompute '{out['recompute']}'; valid: none, resample")
+    if out["recompute"] not in (None, "none", "resample", "split"):
+        raise ValueError(f"unknown recompute '{out['recompute']}'; valid: none, resample, split")
     if out["head_init"] not in ("prior", "he"):
         raise ValueError(f"unknown head_init '{out['head_init']}'; valid: prior, he")
     if out["fast"] is not None:
