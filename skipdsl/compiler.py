@@ -607,6 +607,19 @@ def _emit_pyramid(graph: fx.Graph, spec: Spec, values: dict[str, fx.Node]) -> No
     graph.output(out)
 
 
+def _first_uses(graph: fx.Graph) -> list[str]:
+    """The root's children named by ``graph`` (and by the graphs of its recomputed nodes, where
+    they are called), in the order of their first use."""
+    seen: dict[str, None] = {}
+    for n in graph.nodes:
+        if n.op in ("call_module", "get_attr"):
+            seen.setdefault(n.target.split(".")[0])
+        elif n.op == "call_function" and isinstance(n.target, _Checkpointed):
+            for k in _first_uses(n.target.fn.graph):
+                seen.setdefault(k)
+    return list(seen)
+
+
 def _finish(root: nn.Module, graph: fx.Graph, spec: Spec, dag: nx.DiGraph, heads: list[Head],
             as_dict: bool, use_cgm: bool) -> fx.GraphModule:
     gm = fx.GraphModule(root, graph, class_name=spec.name.replace("-", "_") or "SkipNet")
@@ -617,14 +630,18 @@ def _finish(root: nn.Module, graph: fx.Graph, spec: Spec, dag: nx.DiGraph, heads
                 if m.op in ("call_module", "get_attr"):
                     _copy_attr(root, gm, m.target)
     # a block used by parts (recompute="split": its first convolution's weight, its norm) is
-    # the block itself, in the root's order of children, not a stub holding those parts
-    stubs = [k for k, m in gm._modules.items()
-             if k in dag and k in root._modules and m is not root._modules[k]]
-    if stubs:
-        for k in stubs:
+    # the block itself, not a stub holding those parts
+    for k, m in list(gm._modules.items()):
+        if k in dag and k in root._modules and m is not root._modules[k]:
             gm._modules[k] = root._modules[k]
-        order = {k: i for i, k in enumerate(root._modules)}
-        gm._modules = dict(sorted(gm._modules.items(), key=lambda kv: order.get(kv[0], len(order))))
+    edges, real = gm._modules.get("edges"), root._modules.get("edges")
+    if edges is not None and real is not None and edges is not real:  # an edge's modules too
+        for k in list(edges._modules):
+            edges._modules[k] = real._modules[k]
+    # children in the order in which the forward first uses them, looking into recomputed
+    # nodes' own graphs: every recompute mode has the default's order of parameters
+    order = {k: i for i, k in enumerate(_first_uses(graph))}
+    gm._modules = dict(sorted(gm._modules.items(), key=lambda kv: order.get(kv[0], len(order))))
     gm.spec = spec
     gm.dag = dag
     gm.head_ids = [h.node for h in heads]
