@@ -341,10 +341,16 @@ def _conv_part(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     """The share of the input channels ``ranges`` ((start, count), ...; ``x`` holds them in
     that order) in a convolution: the convolution of the concatenation is the sum of these
     over its parts (plus the bias, given to one)."""
-    fn = F.conv2d if weight.dim() == 4 else F.conv3d
     w = (weight.narrow(1, *ranges[0]) if len(ranges) == 1
          else torch.cat([weight.narrow(1, a, n) for a, n in ranges], 1))
-    return fn(x, w, bias, stride, padding, dilation)
+    return _conv(x, w, bias, stride, padding, dilation)
+
+
+def _conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: Any,
+          padding: Any, dilation: Any) -> torch.Tensor:
+    """A 2D or 3D convolution, by the weight's rank."""
+    fn = F.conv2d if weight.dim() == 4 else F.conv3d
+    return fn(x, weight, bias, stride, padding, dilation)
 
 
 class _ResampledConvFn(torch.autograd.Function):
@@ -407,8 +413,7 @@ class _ResampledConv:
         return self.fn(x, **self.kwargs)
 
     def conv(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        fn = F.conv2d if weight.dim() == 4 else F.conv3d
-        return fn(x, weight, bias, self.stride, self.padding, self.dilation)
+        return _conv(x, weight, bias, self.stride, self.padding, self.dilation)
 
     def __call__(self, src: torch.Tensor, weight: torch.Tensor,
                  bias: torch.Tensor | None = None) -> torch.Tensor:
